@@ -1,0 +1,860 @@
+/*
+ * policyd/config.c - owns the configuration file: reading it through
+ * libinih, validating every value, and the per-rule override map files.
+ *
+ * Entry points: config_load(), config_free(), config_override(), and the
+ * duration/rate parsers.  Every error names FILE:LINE and the offending
+ * value; nothing is half-applied: a config either loads whole or not at all.
+ * Limits: lines of the main file are at most INI_MAX_LINE-1 characters
+ * (longer lines are an error, never cut silently); lists may continue on
+ * indented lines.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <ini.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "proto/reply.h"
+#include "proto/request.h"
+#include "verdict.h"
+
+struct config_ctx {
+	struct config *c;
+	FILE *fp;
+	unsigned line;     /* line the reader returned last */
+	unsigned errline;  /* first error */
+	char err[256];
+	char section[CONFIG_NAME_MAX + 16];
+	struct rule *rule; /* current [limit] section */
+	unsigned seen;     /* bitmask of scalar keys seen in the section */
+	bool have_server;
+};
+
+static char *config_strdup(const char *s)
+{
+	char *d = strdup(s);
+	if (d == NULL) {
+		fprintf(stderr, "policyd: out of memory\n");
+		abort();
+	}
+	return d;
+}
+
+static void config_seterr(struct config_ctx *x, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void config_seterr(struct config_ctx *x, const char *fmt, ...)
+{
+	va_list ap;
+	if (x->errline)
+		return;
+	x->errline = x->line ? x->line : 1;
+	va_start(ap, fmt);
+	vsnprintf(x->err, sizeof(x->err), fmt, ap);
+	va_end(ap);
+}
+
+/* ------------------------------------------------------------------ values */
+
+int config_parse_duration(const char *s, uint64_t *us, char *err, size_t errsz)
+{
+	char *end;
+	errno = 0;
+	while (isspace((unsigned char)*s))
+		s++;
+	if (!isdigit((unsigned char)*s)) {
+		snprintf(err, errsz, "bad duration '%s' (e.g. 30s, 5m, 1h, 1d)", s);
+		return -1;
+	}
+	unsigned long long n = strtoull(s, &end, 10);
+	uint64_t mult;
+	switch (*end) {
+	case '\0':
+	case 's':
+		mult = 1000000ULL;
+		break;
+	case 'm':
+		mult = 60000000ULL;
+		break;
+	case 'h':
+		mult = 3600000000ULL;
+		break;
+	case 'd':
+		mult = 86400000000ULL;
+		break;
+	case 'w':
+		mult = 7 * 86400000000ULL;
+		break;
+	default:
+		mult = 0;
+	}
+	if (mult == 0 || (*end && end[1] != '\0') || errno || n == 0 ||
+	    n > (uint64_t)366 * 86400000000ULL / mult) {
+		snprintf(err, errsz, "bad duration '%s' (a positive number with s, m, h, d or w; at most 366d)",
+		         s);
+		return -1;
+	}
+	*us = n * mult;
+	return 0;
+}
+
+/* "100", "100k", "2M", "1G" (powers of 1024 for the suffixed forms). */
+static int config_parse_count(const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	if (!isdigit((unsigned char)*s))
+		return -1;
+	unsigned long long n = strtoull(s, &end, 10);
+	uint64_t mult = 1;
+	switch (*end) {
+	case '\0':
+		break;
+	case 'k':
+	case 'K':
+		mult = 1024;
+		end++;
+		break;
+	case 'M':
+		mult = 1024 * 1024;
+		end++;
+		break;
+	case 'G':
+		mult = 1024 * 1024 * 1024;
+		end++;
+		break;
+	default:
+		return -1;
+	}
+	if (*end || errno || n == 0 || n > UINT64_MAX / 4 / mult)
+		return -1;
+	*out = n * mult;
+	return 0;
+}
+
+static char *config_trim(char *s)
+{
+	while (isspace((unsigned char)*s))
+		s++;
+	size_t n = strlen(s);
+	while (n > 0 && isspace((unsigned char)s[n - 1]))
+		s[--n] = '\0';
+	return s;
+}
+
+int config_parse_rate(const char *s, struct gcra_window *w, uint8_t *nwin, char *err, size_t errsz)
+{
+	char buf[256];
+	size_t len = strlen(s);
+	uint8_t n = 0;
+
+	if (len >= sizeof(buf)) {
+		snprintf(err, errsz, "rate list too long");
+		return -1;
+	}
+	memcpy(buf, s, len + 1);
+	for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+	     tok = strtok_r(NULL, ",", &save)) {
+		tok = config_trim(tok);
+		if (*tok == '\0')
+			continue;
+		char *slash = strchr(tok, '/');
+		if (slash == NULL) {
+			snprintf(err, errsz, "bad rate '%s': expected N/period, e.g. 100/1h", tok);
+			return -1;
+		}
+		*slash = '\0';
+		char *cnt = config_trim(tok), *per = config_trim(slash + 1);
+		uint64_t limit, period;
+		if (config_parse_count(cnt, &limit) < 0) {
+			snprintf(err, errsz, "bad rate count '%s': a positive number (k, M, G allowed)", cnt);
+			return -1;
+		}
+		char pbuf[32];
+		/* "100/h" means 100 per 1h */
+		if (isalpha((unsigned char)per[0]) && strlen(per) < sizeof(pbuf) - 1) {
+			snprintf(pbuf, sizeof(pbuf), "1%s", per);
+			per = pbuf;
+		}
+		char perr[128];
+		if (config_parse_duration(per, &period, perr, sizeof(perr)) < 0) {
+			snprintf(err, errsz, "bad rate period '%s': %s", slash + 1, perr);
+			return -1;
+		}
+		if (n == STORE_MAX_WINDOWS) {
+			snprintf(err, errsz, "too many windows (at most %d)", STORE_MAX_WINDOWS);
+			return -1;
+		}
+		for (uint8_t i = 0; i < n; i++)
+			if (w[i].period_us == period) {
+				snprintf(err, errsz, "two windows with the same period '%s'", slash + 1);
+				return -1;
+			}
+		w[n].limit = limit;
+		w[n].period_us = period;
+		n++;
+	}
+	if (n == 0) {
+		snprintf(err, errsz, "empty rate");
+		return -1;
+	}
+	*nwin = n;
+	return 0;
+}
+
+static int config_parse_bool(const char *v, bool *b)
+{
+	if (!strcasecmp(v, "yes") || !strcasecmp(v, "true") || !strcmp(v, "1") || !strcasecmp(v, "on"))
+		*b = true;
+	else if (!strcasecmp(v, "no") || !strcasecmp(v, "false") || !strcmp(v, "0") ||
+	         !strcasecmp(v, "off"))
+		*b = false;
+	else
+		return -1;
+	return 0;
+}
+
+static int config_parse_uint(const char *v, unsigned long long min, unsigned long long max,
+                             unsigned long long *out)
+{
+	char *end;
+	errno = 0;
+	if (!isdigit((unsigned char)*v))
+		return -1;
+	unsigned long long n = strtoull(v, &end, 10);
+	if (*end || errno || n < min || n > max)
+		return -1;
+	*out = n;
+	return 0;
+}
+
+const char *config_action_name(enum verdict_action a)
+{
+	static const char *const names[] = {"dunno", "warn", "hold", "defer", "reject"};
+	return a <= ACT_REJECT ? names[a] : "?";
+}
+
+const char *config_count_name(enum limit_count c)
+{
+	static const char *const names[] = {"recipients", "messages", "bytes"};
+	return c <= COUNT_BYTES ? names[c] : "?";
+}
+
+/* ---------------------------------------------------------------- sections */
+
+enum { SEEN_KEY = 1, SEEN_COUNT = 2, SEEN_RATE = 4, SEEN_ACTION = 8 };
+
+/* Append the comma separated items of v to a list. */
+static int config_list_add(struct config_ctx *x, const char *name, char **list, size_t *n,
+                           size_t max, const char *v)
+{
+	char buf[512];
+	snprintf(buf, sizeof(buf), "%s", v);
+	for (char *save = NULL, *tok = strtok_r(buf, ", \t", &save); tok;
+	     tok = strtok_r(NULL, ", \t", &save)) {
+		if (*n == max) {
+			config_seterr(x, "%s: too many entries (at most %zu)", name, max);
+			return 0;
+		}
+		list[(*n)++] = config_strdup(tok);
+	}
+	return 1;
+}
+
+static int config_server(struct config_ctx *x, const char *name, const char *v)
+{
+	struct config *c = x->c;
+	unsigned long long n;
+	char err[200];
+
+	if (!strcmp(name, "listen")) {
+		return config_list_add(x, name, c->listen, &c->nlisten, CONFIG_MAX_LISTEN, v);
+	} else if (!strcmp(name, "store")) {
+		if (strcmp(v, "memory") != 0) {
+			config_seterr(x, "store: '%s' is not supported (memory)", v);
+			return 0;
+		}
+		free(c->store);
+		c->store = config_strdup(v);
+	} else if (!strcmp(name, "state_dir")) {
+		free(c->state_dir);
+		c->state_dir = config_strdup(v);
+	} else if (!strcmp(name, "pid_file")) {
+		free(c->pid_file);
+		c->pid_file = config_strdup(v);
+	} else if (!strcmp(name, "log")) {
+		if (strcmp(v, "stderr") && strcmp(v, "syslog")) {
+			config_seterr(x, "log: '%s' is neither syslog nor stderr", v);
+			return 0;
+		}
+		free(c->log_target);
+		c->log_target = config_strdup(v);
+	} else if (!strcmp(name, "log_facility")) {
+		free(c->log_facility);
+		c->log_facility = config_strdup(v);
+	} else if (!strcmp(name, "log_decisions")) {
+		if (!strcmp(v, "none"))
+			c->log_decisions = 0;
+		else if (!strcmp(v, "actions"))
+			c->log_decisions = 1;
+		else if (!strcmp(v, "all"))
+			c->log_decisions = 2;
+		else {
+			config_seterr(x, "log_decisions: '%s' (all, actions or none)", v);
+			return 0;
+		}
+	} else if (!strcmp(name, "debug")) {
+		if (config_parse_bool(v, &c->debug) < 0) {
+			config_seterr(x, "debug: '%s' is not yes or no", v);
+			return 0;
+		}
+	} else if (!strcmp(name, "max_connections")) {
+		if (config_parse_uint(v, 1, 1000000, &n) < 0) {
+			config_seterr(x, "max_connections: '%s' (1 .. 1000000)", v);
+			return 0;
+		}
+		c->max_connections = (unsigned)n;
+	} else if (!strcmp(name, "idle_timeout")) {
+		uint64_t us;
+		if (config_parse_duration(v, &us, err, sizeof(err)) < 0) {
+			config_seterr(x, "idle_timeout: %s", err);
+			return 0;
+		}
+		c->idle_timeout_s = (unsigned)(us / 1000000);
+	} else if (!strcmp(name, "max_request")) {
+		if (config_parse_uint(v, 1024, 16 * 1024 * 1024, &n) < 0) {
+			config_seterr(x, "max_request: '%s' (1024 .. 16777216 bytes)", v);
+			return 0;
+		}
+		c->max_request = (size_t)n;
+	} else if (!strcmp(name, "max_line")) {
+		if (config_parse_uint(v, 256, 1024 * 1024, &n) < 0) {
+			config_seterr(x, "max_line: '%s' (256 .. 1048576 bytes)", v);
+			return 0;
+		}
+		c->max_line = (size_t)n;
+	} else if (!strcmp(name, "max_attrs")) {
+		if (config_parse_uint(v, 8, PROTO_MAX_ATTRS_LIMIT, &n) < 0) {
+			config_seterr(x, "max_attrs: '%s' (8 .. %d)", v, PROTO_MAX_ATTRS_LIMIT);
+			return 0;
+		}
+		c->max_attrs = (size_t)n;
+	} else if (!strcmp(name, "fallback_action")) {
+		if (verdict_check_action_text(v, err, sizeof(err)) < 0) {
+			config_seterr(x, "fallback_action: %s", err);
+			return 0;
+		}
+		free(c->fallback_action);
+		c->fallback_action = config_strdup(v);
+	} else if (!strcmp(name, "hooks")) {
+		char buf[128];
+		unsigned h = 0;
+		snprintf(buf, sizeof(buf), "%s", v);
+		for (char *save = NULL, *t = strtok_r(buf, ", \t", &save); t;
+		     t = strtok_r(NULL, ", \t", &save)) {
+			if (!strcmp(t, "rcpt"))
+				h |= HOOK_RCPT;
+			else if (!strcmp(t, "data"))
+				h |= HOOK_DATA;
+			else if (!strcmp(t, "eom") || !strcmp(t, "end-of-message"))
+				h |= HOOK_EOM;
+			else {
+				config_seterr(x, "hooks: unknown hook '%s' (rcpt, data, eom)", t);
+				return 0;
+			}
+		}
+		if (!(h & HOOK_RCPT)) {
+			config_seterr(x, "hooks: must include rcpt (smtpd_recipient_restrictions)");
+			return 0;
+		}
+		c->hooks = h;
+	} else if (!strcmp(name, "trusted_networks")) {
+		char buf[512];
+		snprintf(buf, sizeof(buf), "%s", v);
+		for (char *save = NULL, *t = strtok_r(buf, ", \t", &save); t;
+		     t = strtok_r(NULL, ", \t", &save)) {
+			if (c->ntrusted == CONFIG_MAX_NETS) {
+				config_seterr(x, "trusted_networks: too many (at most %d)", CONFIG_MAX_NETS);
+				return 0;
+			}
+			if (key_net_parse(t, &c->trusted[c->ntrusted]) < 0) {
+				config_seterr(x, "trusted_networks: '%s' is not an address or network", t);
+				return 0;
+			}
+			c->ntrusted++;
+		}
+	} else if (!strcmp(name, "recipient_delimiter")) {
+		if (strlen(v) >= sizeof(c->keyopts.delimiters)) {
+			config_seterr(x, "recipient_delimiter: too many characters");
+			return 0;
+		}
+		snprintf(c->keyopts.delimiters, sizeof(c->keyopts.delimiters), "%s", v);
+	} else if (!strcmp(name, "fold_localpart")) {
+		if (config_parse_bool(v, &c->keyopts.fold_localpart) < 0) {
+			config_seterr(x, "fold_localpart: '%s' is not yes or no", v);
+			return 0;
+		}
+	} else if (!strcmp(name, "max_keys")) {
+		if (config_parse_uint(v, 0, 1ULL << 40, &n) < 0) {
+			config_seterr(x, "max_keys: '%s' is not a number", v);
+			return 0;
+		}
+		c->max_keys = n;
+	} else if (!strcmp(name, "socket_mode")) {
+		char *end;
+		unsigned long m = strtoul(v, &end, 8);
+		if (*end || m > 0777) {
+			config_seterr(x, "socket_mode: '%s' is not an octal mode", v);
+			return 0;
+		}
+		c->socket_mode = (unsigned)m;
+	} else {
+		config_seterr(x, "unknown parameter '%s' in [server]", name);
+		return 0;
+	}
+	return 1;
+}
+
+static int config_rule(struct config_ctx *x, const char *name, const char *v)
+{
+	struct rule *r = x->rule;
+	char err[200];
+	unsigned long long n;
+
+#define ONCE(bit)                                                                          \
+	do {                                                                               \
+		if (x->seen & (bit)) {                                                     \
+			config_seterr(x, "'%s' given twice in [limit %s]", name, r->name);  \
+			return 0;                                                          \
+		}                                                                          \
+		x->seen |= (bit);                                                          \
+	} while (0)
+
+	if (!strcmp(name, "key")) {
+		ONCE(SEEN_KEY);
+		if (key_type_parse(v, &r->key) < 0) {
+			config_seterr(x, "key: '%s' (sasl_username, sender, sender_domain, client_address, "
+			                 "client_network, recipient_domain, principal)",
+			              v);
+			return 0;
+		}
+	} else if (!strcmp(name, "count")) {
+		ONCE(SEEN_COUNT);
+		if (!strcmp(v, "recipients"))
+			r->count = COUNT_RECIPIENTS;
+		else if (!strcmp(v, "messages"))
+			r->count = COUNT_MESSAGES;
+		else if (!strcmp(v, "bytes"))
+			r->count = COUNT_BYTES;
+		else {
+			config_seterr(x, "count: '%s' (recipients, messages or bytes)", v);
+			return 0;
+		}
+	} else if (!strcmp(name, "rate")) {
+		ONCE(SEEN_RATE);
+		if (config_parse_rate(v, r->win, &r->nwin, err, sizeof(err)) < 0) {
+			config_seterr(x, "rate: %s", err);
+			return 0;
+		}
+	} else if (!strcmp(name, "action")) {
+		ONCE(SEEN_ACTION);
+		if (!strcmp(v, "defer"))
+			r->action = ACT_DEFER;
+		else if (!strcmp(v, "hold"))
+			r->action = ACT_HOLD;
+		else if (!strcmp(v, "reject"))
+			r->action = ACT_REJECT;
+		else if (!strcmp(v, "warn"))
+			r->action = ACT_WARN;
+		else {
+			config_seterr(x, "action: '%s' (defer, hold, reject or warn)", v);
+			return 0;
+		}
+	} else if (!strcmp(name, "reply")) {
+		if (!proto_utf8_valid(v, strlen(v)) || strlen(v) > 300) {
+			config_seterr(x, "reply: must be UTF-8 text of at most 300 bytes");
+			return 0;
+		}
+		free(r->reply);
+		r->reply = config_strdup(v);
+	} else if (!strcmp(name, "dsn")) {
+		if (!verdict_dsn_valid(v)) {
+			config_seterr(x, "dsn: '%s' is not an enhanced status code like 4.7.1", v);
+			return 0;
+		}
+		snprintf(r->dsn, sizeof(r->dsn), "%s", v);
+	} else if (!strcmp(name, "dry_run")) {
+		if (config_parse_bool(v, &r->dry_run) < 0) {
+			config_seterr(x, "dry_run: '%s' is not yes or no", v);
+			return 0;
+		}
+	} else if (!strcmp(name, "scope")) {
+		if (!strcmp(v, "outbound"))
+			r->scope = SCOPE_OUTBOUND;
+		else if (!strcmp(v, "all"))
+			r->scope = SCOPE_ALL;
+		else {
+			config_seterr(x, "scope: '%s' (outbound or all)", v);
+			return 0;
+		}
+	} else if (!strcmp(name, "prefix4")) {
+		if (config_parse_uint(v, 1, 32, &n) < 0) {
+			config_seterr(x, "prefix4: '%s' (1 .. 32)", v);
+			return 0;
+		}
+		r->prefix4 = (unsigned)n;
+	} else if (!strcmp(name, "prefix6")) {
+		if (config_parse_uint(v, 1, 128, &n) < 0) {
+			config_seterr(x, "prefix6: '%s' (1 .. 128)", v);
+			return 0;
+		}
+		r->prefix6 = (unsigned)n;
+	} else if (!strcmp(name, "overrides")) {
+		free(r->overrides_path);
+		r->overrides_path = config_strdup(v);
+	} else {
+		config_seterr(x, "unknown parameter '%s' in [limit %s]", name, r->name);
+		return 0;
+	}
+#undef ONCE
+	return 1;
+}
+
+static void config_rule_defaults(struct rule *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->key = KEY_SASL_USERNAME;
+	r->count = COUNT_RECIPIENTS;
+	r->action = ACT_DEFER;
+	r->scope = SCOPE_OUTBOUND;
+	r->prefix4 = 24;
+	r->prefix6 = 64;
+}
+
+static int config_end_section(struct config_ctx *x)
+{
+	struct rule *r = x->rule;
+	if (r == NULL)
+		return 1;
+	x->rule = NULL;
+	if (!(x->seen & SEEN_RATE)) {
+		unsigned save = x->line;
+		x->line = r->line;
+		config_seterr(x, "[limit %s] has no 'rate'", r->name);
+		x->line = save;
+		return 0;
+	}
+	return 1;
+}
+
+static int config_handler(void *user, const char *section, const char *name, const char *value)
+{
+	struct config_ctx *x = user;
+	struct config *c = x->c;
+
+	if (x->errline)
+		return 1; /* report only the first error */
+	if (strcmp(section, x->section) != 0) {
+		/* a new section starts */
+		if (!config_end_section(x))
+			return 0;
+		snprintf(x->section, sizeof(x->section), "%s", section);
+		x->seen = 0;
+		if (!strcmp(section, "server")) {
+			if (x->have_server) {
+				config_seterr(x, "[server] given twice");
+				return 0;
+			}
+			x->have_server = true;
+		} else if (!strncmp(section, "limit ", 6)) {
+			const char *rn = section + 6;
+			while (*rn == ' ')
+				rn++;
+			if (*rn == '\0' || strlen(rn) >= CONFIG_NAME_MAX) {
+				config_seterr(x, "[limit NAME]: a name of 1 to %d characters is needed",
+				              CONFIG_NAME_MAX - 1);
+				return 0;
+			}
+			for (const char *p = rn; *p; p++)
+				if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_' && *p != '.') {
+					config_seterr(x, "[limit %s]: names use letters, digits, '-', '_', '.'",
+					              rn);
+					return 0;
+				}
+			for (size_t i = 0; i < c->nrules; i++)
+				if (!strcmp(c->rules[i].name, rn)) {
+					config_seterr(x, "[limit %s] given twice", rn);
+					return 0;
+				}
+			if (c->nrules == CONFIG_MAX_RULES) {
+				config_seterr(x, "too many [limit] sections (at most %d)", CONFIG_MAX_RULES);
+				return 0;
+			}
+			x->rule = &c->rules[c->nrules++];
+			config_rule_defaults(x->rule);
+			snprintf(x->rule->name, sizeof(x->rule->name), "%s", rn);
+			x->rule->line = x->line;
+		} else {
+			config_seterr(x, "unknown section [%s] ([server] or [limit NAME])", section);
+			return 0;
+		}
+	}
+	if (section[0] == '\0') {
+		config_seterr(x, "'%s' outside of any section", name);
+		return 0;
+	}
+	if (x->rule)
+		return config_rule(x, name, value);
+	return config_server(x, name, value);
+}
+
+/* inih reader that counts lines and refuses lines too long to be whole. */
+static char *config_reader(char *str, int num, void *stream)
+{
+	struct config_ctx *x = stream;
+	if (fgets(str, num, x->fp) == NULL)
+		return NULL;
+	x->line++;
+	size_t len = strlen(str);
+	if (len == (size_t)num - 1 && str[len - 1] != '\n' && !feof(x->fp)) {
+		config_seterr(x, "line longer than %d characters; continue lists on indented lines",
+		              num - 2);
+		int ch;
+		while ((ch = fgetc(x->fp)) != EOF && ch != '\n')
+			;
+		str[0] = '\0';
+	}
+	return str;
+}
+
+static int config_override_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct override *)a)->subject, ((const struct override *)b)->subject);
+}
+
+/* Normalise a subject from a map file the way requests are normalised. */
+static void config_norm_subject(const struct config *c, const struct rule *r, const char *in,
+                                char *out, size_t outsz)
+{
+	size_t n = 0;
+	switch (r->key) {
+	case KEY_SENDER:
+		n = key_norm_address(out, outsz, in, &c->keyopts);
+		break;
+	case KEY_SENDER_DOMAIN:
+	case KEY_RECIPIENT_DOMAIN:
+		if (strchr(in, '@'))
+			n = key_norm_domain(out, outsz, in);
+		else
+			n = key_norm_login(out, outsz, in, true);
+		break;
+	case KEY_CLIENT_ADDRESS:
+		n = key_norm_ip(out, outsz, in);
+		break;
+	case KEY_CLIENT_NETWORK: {
+		/* "198.51.100.0/24" or a bare address */
+		char a[64];
+		snprintf(a, sizeof(a), "%s", in);
+		char *slash = strchr(a, '/');
+		if (slash)
+			*slash = '\0';
+		n = key_norm_net(out, outsz, a, r->prefix4, r->prefix6);
+		break;
+	}
+	case KEY_SASL_USERNAME:
+	case KEY_PRINCIPAL:
+	default:
+		if (strchr(in, '@'))
+			n = key_norm_address(out, outsz, in, &c->keyopts);
+		else
+			n = key_norm_login(out, outsz, in, c->keyopts.fold_localpart);
+		break;
+	}
+	if (n == 0)
+		snprintf(out, outsz, "%s", in);
+}
+
+static int config_load_overrides(struct config *c, struct rule *r, char *err, size_t errsz)
+{
+	FILE *fp = fopen(r->overrides_path, "r");
+	char line[1024];
+	unsigned lineno = 0;
+	size_t cap = 0;
+
+	if (fp == NULL) {
+		snprintf(err, errsz, "%s: %s (overrides of [limit %s])", r->overrides_path,
+		         strerror(errno), r->name);
+		return -1;
+	}
+	while (fgets(line, sizeof(line), fp)) {
+		lineno++;
+		size_t len = strlen(line);
+		if (len == sizeof(line) - 1 && line[len - 1] != '\n') {
+			snprintf(err, errsz, "%s:%u: line too long", r->overrides_path, lineno);
+			goto fail;
+		}
+		char *s = config_trim(line);
+		if (*s == '\0' || *s == '#')
+			continue;
+		char *sp = s + strcspn(s, " \t");
+		if (*sp == '\0') {
+			snprintf(err, errsz, "%s:%u: expected 'SUBJECT exempt' or 'SUBJECT N/period, ...'",
+			         r->overrides_path, lineno);
+			goto fail;
+		}
+		*sp++ = '\0';
+		char *spec = config_trim(sp);
+		struct override o;
+		memset(&o, 0, sizeof(o));
+		if (!strcmp(spec, "exempt")) {
+			o.exempt = true;
+		} else {
+			char rerr[200];
+			if (config_parse_rate(spec, o.win, &o.nwin, rerr, sizeof(rerr)) < 0) {
+				snprintf(err, errsz, "%s:%u: %s", r->overrides_path, lineno, rerr);
+				goto fail;
+			}
+		}
+		char subj[KEY_MAX];
+		config_norm_subject(c, r, s, subj, sizeof(subj));
+		if (r->novr == cap) {
+			cap = cap ? cap * 2 : 16;
+			struct override *n = realloc(r->ovr, cap * sizeof(*n));
+			if (n == NULL) {
+				snprintf(err, errsz, "%s: out of memory", r->overrides_path);
+				goto fail;
+			}
+			r->ovr = n;
+		}
+		o.subject = config_strdup(subj);
+		r->ovr[r->novr++] = o;
+	}
+	fclose(fp);
+	qsort(r->ovr, r->novr, sizeof(*r->ovr), config_override_cmp);
+	for (size_t i = 1; i < r->novr; i++)
+		if (!strcmp(r->ovr[i - 1].subject, r->ovr[i].subject)) {
+			snprintf(err, errsz, "%s: '%s' is listed twice", r->overrides_path,
+			         r->ovr[i].subject);
+			return -1;
+		}
+	return 0;
+fail:
+	fclose(fp);
+	return -1;
+}
+
+const struct override *config_override(const struct rule *r, const char *subject)
+{
+	size_t lo = 0, hi = r->novr;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		int c = strcmp(subject, r->ovr[mid].subject);
+		if (c == 0)
+			return &r->ovr[mid];
+		if (c < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return NULL;
+}
+
+struct config *config_load(const char *path, char *err, size_t errsz)
+{
+	struct config_ctx x;
+	struct config *c = calloc(1, sizeof(*c));
+
+	if (c == NULL) {
+		snprintf(err, errsz, "out of memory");
+		return NULL;
+	}
+	memset(&x, 0, sizeof(x));
+	x.c = c;
+	c->path = config_strdup(path);
+	c->store = config_strdup("memory");
+	c->state_dir = config_strdup("/var/lib/policyd");
+	c->log_target = config_strdup("syslog");
+	c->log_facility = config_strdup("mail");
+	c->fallback_action = config_strdup("DUNNO");
+	c->log_decisions = 2;
+	c->max_connections = 4096;
+	c->idle_timeout_s = 3600;
+	c->max_request = PROTO_DEFAULT_MAX_REQUEST;
+	c->max_line = PROTO_DEFAULT_MAX_LINE;
+	c->max_attrs = PROTO_DEFAULT_MAX_ATTRS;
+	c->hooks = HOOK_RCPT | HOOK_EOM;
+	c->keyopts.fold_localpart = true;
+	snprintf(c->keyopts.delimiters, sizeof(c->keyopts.delimiters), "+");
+	c->socket_mode = 0660;
+
+	x.fp = fopen(path, "r");
+	if (x.fp == NULL) {
+		snprintf(err, errsz, "%s: %s", path, strerror(errno));
+		config_free(c);
+		return NULL;
+	}
+	int rc = ini_parse_stream(config_reader, &x, config_handler, &x);
+	fclose(x.fp);
+	if (x.errline == 0 && rc > 0) {
+		x.line = (unsigned)rc;
+		config_seterr(&x, "syntax error (expected [section] or name = value)");
+	}
+	if (x.errline == 0)
+		config_end_section(&x);
+	if (x.errline) {
+		snprintf(err, errsz, "%s:%u: %s", path, x.errline, x.err);
+		config_free(c);
+		return NULL;
+	}
+	if (!x.have_server) {
+		snprintf(err, errsz, "%s: missing [server] section", path);
+		config_free(c);
+		return NULL;
+	}
+	if (c->nlisten == 0)
+		c->listen[c->nlisten++] = config_strdup("inet:127.0.0.1:10031");
+	if (c->max_line + 2 > c->max_request) {
+		snprintf(err, errsz, "%s: max_line (%zu) must be smaller than max_request (%zu)", path,
+		         c->max_line, c->max_request);
+		config_free(c);
+		return NULL;
+	}
+	for (size_t i = 0; i < c->nrules; i++) {
+		struct rule *r = &c->rules[i];
+		if (r->overrides_path && config_load_overrides(c, r, err, errsz) < 0) {
+			config_free(c);
+			return NULL;
+		}
+	}
+	return c;
+}
+
+void config_free(struct config *c)
+{
+	if (c == NULL)
+		return;
+	free(c->path);
+	for (size_t i = 0; i < c->nlisten; i++)
+		free(c->listen[i]);
+	free(c->store);
+	free(c->state_dir);
+	free(c->pid_file);
+	free(c->log_target);
+	free(c->log_facility);
+	free(c->fallback_action);
+	for (size_t i = 0; i < c->nrules; i++) {
+		struct rule *r = &c->rules[i];
+		free(r->reply);
+		free(r->overrides_path);
+		for (size_t j = 0; j < r->novr; j++)
+			free(r->ovr[j].subject);
+		free(r->ovr);
+	}
+	free(c);
+}

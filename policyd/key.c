@@ -1,0 +1,207 @@
+/*
+ * policyd/key.c - owns key normalisation: addresses, domains, client
+ * addresses and networks, login names; and network membership tests for
+ * trusted_networks.  Every output is bounded by the caller's buffer; a
+ * value that does not fit is cut, never overflowed (keys are bounded by
+ * KEY_MAX anyway).
+ */
+#include "key.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+static const char *const key_names[KEY__COUNT] = {
+	"sasl_username", "sender", "sender_domain", "client_address", "client_network",
+	"recipient_domain", "principal",
+};
+
+int key_type_parse(const char *s, enum key_type *t)
+{
+	for (int i = 0; i < KEY__COUNT; i++)
+		if (strcmp(s, key_names[i]) == 0) {
+			*t = (enum key_type)i;
+			return 0;
+		}
+	return -1;
+}
+
+const char *key_type_name(enum key_type t)
+{
+	return t < KEY__COUNT ? key_names[t] : "?";
+}
+
+/* Parse addr into family + 16 bytes; IPv4-mapped IPv6 becomes IPv4. */
+static int key_parse_ip(const char *addr, int *family, uint8_t out[16])
+{
+	struct in6_addr a6;
+
+	memset(out, 0, 16);
+	if (inet_pton(AF_INET, addr, out) == 1) {
+		*family = AF_INET;
+		return 0;
+	}
+	if (strncasecmp(addr, "ipv6:", 5) == 0)
+		addr += 5;
+	if (inet_pton(AF_INET6, addr, &a6) != 1)
+		return -1;
+	if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+		memcpy(out, &a6.s6_addr[12], 4);
+		*family = AF_INET;
+		return 0;
+	}
+	memcpy(out, a6.s6_addr, 16);
+	*family = AF_INET6;
+	return 0;
+}
+
+static void key_mask(uint8_t a[16], unsigned prefix, unsigned bytes)
+{
+	for (unsigned i = 0; i < bytes; i++) {
+		unsigned bit = i * 8;
+		if (bit >= prefix)
+			a[i] = 0;
+		else if (prefix - bit < 8)
+			a[i] &= (uint8_t)(0xff << (8 - (prefix - bit)));
+	}
+}
+
+int key_net_parse(const char *s, struct key_net *n)
+{
+	char buf[INET6_ADDRSTRLEN + 8];
+	const char *slash = strchr(s, '/');
+	size_t alen = slash ? (size_t)(slash - s) : strlen(s);
+
+	if (alen == 0 || alen >= sizeof(buf))
+		return -1;
+	memcpy(buf, s, alen);
+	buf[alen] = '\0';
+	/* accept [::1] brackets as Postfix does */
+	char *a = buf;
+	if (a[0] == '[' && alen > 2 && a[alen - 1] == ']') {
+		a[alen - 1] = '\0';
+		a++;
+	}
+	if (key_parse_ip(a, &n->family, n->addr) < 0)
+		return -1;
+	unsigned max = n->family == AF_INET ? 32 : 128;
+	if (slash) {
+		char *end;
+		unsigned long p = strtoul(slash + 1, &end, 10);
+		if (*(slash + 1) == '\0' || *end != '\0' || p > max)
+			return -1;
+		n->prefix = (unsigned)p;
+	} else {
+		n->prefix = max;
+	}
+	key_mask(n->addr, n->prefix, n->family == AF_INET ? 4 : 16);
+	return 0;
+}
+
+bool key_addr_in(const char *addr, const struct key_net *nets, size_t n)
+{
+	uint8_t a[16];
+	int fam;
+
+	if (n == 0 || key_parse_ip(addr, &fam, a) < 0)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		uint8_t m[16];
+		if (nets[i].family != fam)
+			continue;
+		memcpy(m, a, 16);
+		key_mask(m, nets[i].prefix, fam == AF_INET ? 4 : 16);
+		if (memcmp(m, nets[i].addr, fam == AF_INET ? 4 : 16) == 0)
+			return true;
+	}
+	return false;
+}
+
+static size_t key_copy_lower(char *out, size_t outsz, const char *s, size_t len, bool fold)
+{
+	size_t n = len < outsz - 1 ? len : outsz - 1;
+	for (size_t i = 0; i < n; i++)
+		out[i] = fold ? (char)tolower((unsigned char)s[i]) : s[i];
+	out[n] = '\0';
+	return n;
+}
+
+size_t key_norm_address(char *out, size_t outsz, const char *addr, const struct key_opts *o)
+{
+	const char *at = strrchr(addr, '@');
+	size_t llen = at ? (size_t)(at - addr) : strlen(addr);
+	size_t n;
+
+	if (outsz == 0)
+		return 0;
+	/* strip +ext: cut the local part at the first delimiter, unless that
+	 * would leave it empty (e.g. "+list@example.org" stays as is) */
+	if (o && o->delimiters[0]) {
+		size_t cut = strcspn(addr, o->delimiters);
+		if (cut > 0 && cut < llen)
+			llen = cut;
+	}
+	n = key_copy_lower(out, outsz, addr, llen, o ? o->fold_localpart : true);
+	if (at && n + 1 < outsz) {
+		out[n++] = '@';
+		n += key_copy_lower(out + n, outsz - n, at + 1, strlen(at + 1), true);
+	}
+	return n;
+}
+
+size_t key_norm_domain(char *out, size_t outsz, const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+	if (outsz == 0)
+		return 0;
+	if (!at) {
+		out[0] = '\0';
+		return 0;
+	}
+	size_t n = key_copy_lower(out, outsz, at + 1, strlen(at + 1), true);
+	/* a trailing dot names the same domain */
+	while (n > 0 && out[n - 1] == '.')
+		out[--n] = '\0';
+	return n;
+}
+
+size_t key_norm_ip(char *out, size_t outsz, const char *addr)
+{
+	uint8_t a[16];
+	int fam;
+	if (outsz < INET6_ADDRSTRLEN || key_parse_ip(addr, &fam, a) < 0)
+		return 0;
+	if (inet_ntop(fam, a, out, (socklen_t)outsz) == NULL)
+		return 0;
+	return strlen(out);
+}
+
+size_t key_norm_net(char *out, size_t outsz, const char *addr, unsigned prefix4, unsigned prefix6)
+{
+	uint8_t a[16];
+	int fam;
+	char txt[INET6_ADDRSTRLEN];
+	if (key_parse_ip(addr, &fam, a) < 0)
+		return 0;
+	unsigned p = fam == AF_INET ? prefix4 : prefix6;
+	key_mask(a, p, fam == AF_INET ? 4 : 16);
+	if (inet_ntop(fam, a, txt, sizeof(txt)) == NULL)
+		return 0;
+	int n = snprintf(out, outsz, "%s/%u", txt, p);
+	return n > 0 && (size_t)n < outsz ? (size_t)n : 0;
+}
+
+size_t key_norm_login(char *out, size_t outsz, const char *login, bool fold)
+{
+	while (*login == ' ' || *login == '\t')
+		login++;
+	size_t len = strlen(login);
+	while (len > 0 && (login[len - 1] == ' ' || login[len - 1] == '\t'))
+		len--;
+	if (outsz == 0)
+		return 0;
+	return key_copy_lower(out, outsz, login, len, fold);
+}

@@ -1,0 +1,302 @@
+/*
+ * policyd/main.c - the daemon's entry point: options, config check (-t),
+ * the event loop, signals (SIGHUP reload, SIGTERM/SIGINT graceful stop),
+ * detaching (-d), the pid file, and the store's housekeeping timer.
+ */
+#include <errno.h>
+#include <ev.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cache/store.h"
+#include "config.h"
+#include "limit.h"
+#include "log.h"
+#include "server.h"
+
+#ifndef POLICYD_VERSION
+#define POLICYD_VERSION "0.1.0"
+#endif
+#define DEFAULT_CONFIG "/etc/policyd/policyd.conf"
+
+struct app {
+	const char *config_path;
+	struct server *srv;
+	struct store *store;
+	ev_signal sighup, sigterm, sigint;
+	ev_timer tick;
+};
+
+static void usage(FILE *fp)
+{
+	fprintf(fp,
+	        "usage: policyd [-c FILE] [-t] [-d] [-h] [-V]\n"
+	        "\n"
+	        "policyd is an outbound-abuse policy server for Postfix: per-account rate\n"
+	        "limits over exact sliding windows, answered through check_policy_service.\n"
+	        "\n"
+	        "  -c FILE  configuration file (default " DEFAULT_CONFIG ")\n"
+	        "  -t       check the configuration, print a summary and exit: 0 when it is\n"
+	        "           valid, 1 with FILE:LINE: reason when it is not\n"
+	        "  -d       detach from the terminal (daemon); default: run in the foreground,\n"
+	        "           as systemd expects (Type=simple)\n"
+	        "  -h       this help\n"
+	        "  -V       print the version\n"
+	        "\n"
+	        "signals: SIGHUP reloads the configuration (a bad one is reported and the\n"
+	        "running one kept; counters are kept); SIGTERM or SIGINT finish requests in\n"
+	        "flight, save the state and exit 0.\n"
+	        "\n"
+	        "Postfix main.cf (see contrib/postfix/):\n"
+	        "  smtpd_recipient_restrictions = ..., reject_unauth_destination,\n"
+	        "      check_policy_service { inet:127.0.0.1:10031, default_action=DUNNO }\n"
+	        "  smtpd_end_of_data_restrictions =\n"
+	        "      check_policy_service { inet:127.0.0.1:10031, default_action=DUNNO }\n");
+}
+
+static void print_summary(const struct config *c)
+{
+	printf("%s: configuration OK\n", c->path);
+	for (size_t i = 0; i < c->nlisten; i++)
+		printf("  listen %s\n", c->listen[i]);
+	printf("  store %s, state_dir %s\n", c->store, c->state_dir[0] ? c->state_dir : "(none)");
+	printf("  hooks%s%s%s\n", c->hooks & HOOK_RCPT ? " rcpt" : "", c->hooks & HOOK_DATA ? " data" : "",
+	       c->hooks & HOOK_EOM ? " eom" : "");
+	for (size_t i = 0; i < c->nrules; i++) {
+		const struct rule *r = &c->rules[i];
+		printf("  [limit %s] key=%s count=%s action=%s%s scope=%s windows=", r->name,
+		       key_type_name(r->key), config_count_name(r->count), config_action_name(r->action),
+		       r->dry_run ? " (dry run)" : "", r->scope == SCOPE_ALL ? "all" : "outbound");
+		for (uint8_t w = 0; w < r->nwin; w++)
+			printf("%s%llu/%llus", w ? "," : "", (unsigned long long)r->win[w].limit,
+			       (unsigned long long)(r->win[w].period_us / 1000000));
+		if (r->novr)
+			printf(" overrides=%zu", r->novr);
+		printf("\n");
+	}
+}
+
+static int64_t wall_now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void on_hup(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	struct app *a = w->data;
+	char err[512];
+	struct config *old = server_config(a->srv);
+	struct config *c = config_load(a->config_path, err, sizeof(err));
+	if (c == NULL) {
+		log_err("reload failed, keeping the running configuration: %s", err);
+		return;
+	}
+	if (strcmp(c->store, old->store) || strcmp(c->state_dir, old->state_dir))
+		log_warn("store or state_dir changed in %s: restart policyd to apply it", c->path);
+	server_reload(a->srv, c);
+	log_info("event=reload config=%s rules=%zu", c->path, c->nrules);
+}
+
+static void on_term(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	struct app *a = w->data;
+	log_info("event=stop signal=%d", w->signum);
+	server_stop(a->srv);
+}
+
+static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct app *a = w->data;
+	a->store->be->tick(a->store, wall_now_us());
+}
+
+static int detach(void)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid > 0)
+		_exit(0);
+	if (setsid() < 0)
+		return -1;
+	pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid > 0)
+		_exit(0);
+	if (chdir("/") < 0)
+		return -1;
+	int fd = open("/dev/null", O_RDWR);
+	if (fd < 0)
+		return -1;
+	dup2(fd, 0);
+	dup2(fd, 1);
+	dup2(fd, 2);
+	if (fd > 2)
+		close(fd);
+	return 0;
+}
+
+static void raise_nofile(unsigned want)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	rlim_t need = (rlim_t)want + 64;
+	if (rl.rlim_cur >= need)
+		return;
+	rl.rlim_cur = need < rl.rlim_max ? need : rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < need)
+		log_warn("open files limit is %llu, below max_connections=%u: raise LimitNOFILE",
+		         (unsigned long long)rl.rlim_cur, want);
+}
+
+int main(int argc, char **argv)
+{
+	struct app a;
+	const char *path = DEFAULT_CONFIG;
+	int check = 0, daemonize = 0, opt;
+	char err[512];
+
+	memset(&a, 0, sizeof(a));
+	while ((opt = getopt(argc, argv, "c:tdhV")) != -1) {
+		switch (opt) {
+		case 'c':
+			path = optarg;
+			break;
+		case 't':
+			check = 1;
+			break;
+		case 'd':
+			daemonize = 1;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'V':
+			printf("policyd %s\n", POLICYD_VERSION);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc) {
+		fprintf(stderr, "policyd: unexpected argument '%s'\n", argv[optind]);
+		usage(stderr);
+		return 2;
+	}
+	a.config_path = path;
+	struct config *cfg = config_load(path, err, sizeof(err));
+	if (cfg == NULL) {
+		fprintf(stderr, "policyd: %s\n", err);
+		return 1;
+	}
+	if (check) {
+		print_summary(cfg);
+		config_free(cfg);
+		return 0;
+	}
+	if (daemonize && strcmp(cfg->log_target, "stderr") == 0) {
+		fprintf(stderr, "policyd: -d with log = stderr would lose every log line; "
+		                "use log = syslog\n");
+		config_free(cfg);
+		return 1;
+	}
+	if (log_open("policyd", cfg->log_target, cfg->log_facility, err, sizeof(err)) < 0) {
+		fprintf(stderr, "policyd: %s\n", err);
+		config_free(cfg);
+		return 1;
+	}
+	if (cfg->debug)
+		log_set_level(LOG_L_DEBUG);
+	signal(SIGPIPE, SIG_IGN);
+	raise_nofile(cfg->max_connections);
+
+	if (cfg->state_dir[0] && mkdir(cfg->state_dir, 0750) < 0 && errno != EEXIST) {
+		log_err("state_dir %s: %s", cfg->state_dir, strerror(errno));
+		fprintf(stderr, "policyd: state_dir %s: %s\n", cfg->state_dir, strerror(errno));
+		config_free(cfg);
+		return 1;
+	}
+	struct store_memory_opts mo = {cfg->state_dir, cfg->max_keys, 1000};
+	a.store = store_memory_open(&mo, wall_now_us(), err, sizeof(err));
+	if (a.store == NULL) {
+		log_err("store: %s", err);
+		fprintf(stderr, "policyd: store: %s\n", err);
+		config_free(cfg);
+		return 1;
+	}
+	struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
+	a.srv = server_new(loop, cfg, a.store, err, sizeof(err));
+	if (a.srv == NULL) {
+		log_err("listen: %s", err);
+		fprintf(stderr, "policyd: %s\n", err);
+		a.store->be->close(a.store);
+		config_free(cfg);
+		return 1;
+	}
+	if (daemonize && detach() < 0) {
+		log_err("cannot detach: %s", strerror(errno));
+		return 1;
+	}
+	if (daemonize)
+		ev_loop_fork(loop);
+	if (cfg->pid_file) {
+		FILE *pf = fopen(cfg->pid_file, "w");
+		if (pf == NULL)
+			log_warn("pid_file %s: %s", cfg->pid_file, strerror(errno));
+		else {
+			fprintf(pf, "%ld\n", (long)getpid());
+			fclose(pf);
+		}
+	}
+	ev_signal_init(&a.sighup, on_hup, SIGHUP);
+	ev_signal_init(&a.sigterm, on_term, SIGTERM);
+	ev_signal_init(&a.sigint, on_term, SIGINT);
+	a.sighup.data = a.sigterm.data = a.sigint.data = &a;
+	ev_signal_start(loop, &a.sighup);
+	ev_signal_start(loop, &a.sigterm);
+	ev_signal_start(loop, &a.sigint);
+	ev_timer_init(&a.tick, on_tick, 0.1, 0.1);
+	a.tick.data = &a;
+	ev_timer_start(loop, &a.tick);
+
+	server_start(a.srv);
+	log_info("event=start version=%s config=%s rules=%zu store=%s pid=%ld", POLICYD_VERSION, path,
+	         cfg->nrules, a.store->be->name, (long)getpid());
+	ev_run(loop, 0);
+
+	/* graceful stop: requests in flight are answered; save the state */
+	const struct server_stats *st = server_stats(a.srv);
+	log_info("event=exit requests=%llu bad_requests=%llu defer=%llu hold=%llu reject=%llu "
+	         "warn=%llu",
+	         st->requests, st->bad_requests, st->verdicts[ACT_DEFER], st->verdicts[ACT_HOLD],
+	         st->verdicts[ACT_REJECT], st->verdicts[ACT_WARN]);
+	cfg = server_config(a.srv);
+	char *pid_file = cfg->pid_file ? strdup(cfg->pid_file) : NULL;
+	server_free(a.srv);
+	int rc = 0;
+	if (a.store->be->flush(a.store) < 0) {
+		log_err("saving state failed: %s", a.store->err);
+		rc = 1;
+	}
+	a.store->be->close(a.store);
+	config_free(cfg);
+	if (pid_file)
+		unlink(pid_file);
+	free(pid_file);
+	ev_loop_destroy(loop);
+	log_close();
+	return rc;
+}
