@@ -22,6 +22,7 @@
 
 #include "proto/reply.h"
 #include "proto/request.h"
+#include "config_section.h"
 #include "verdict.h"
 
 struct config_ctx {
@@ -32,6 +33,7 @@ struct config_ctx {
 	char err[256];
 	char section[CONFIG_NAME_MAX + 16];
 	struct rule *rule; /* current [limit] section */
+	int mod;           /* current module section, -1 if none */
 	unsigned seen;     /* bitmask of scalar keys seen in the section */
 	bool have_server;
 };
@@ -566,6 +568,7 @@ static int config_handler(void *user, const char *section, const char *name, con
 			return 0;
 		snprintf(x->section, sizeof(x->section), "%s", section);
 		x->seen = 0;
+		x->mod = -1;
 		if (!strcmp(section, "server")) {
 			if (x->have_server) {
 				config_seterr(x, "[server] given twice");
@@ -601,8 +604,20 @@ static int config_handler(void *user, const char *section, const char *name, con
 			snprintf(x->rule->name, sizeof(x->rule->name), "%s", rn);
 			x->rule->line = x->line;
 		} else {
-			config_seterr(x, "unknown section [%s] ([server] or [limit NAME])", section);
-			return 0;
+			x->mod = -1;
+			for (int i = 0; config_sections[i]; i++)
+				if (!strcmp(section, config_sections[i]->name))
+					x->mod = i;
+			if (x->mod < 0) {
+				config_seterr(x, "unknown section [%s] ([server], [limit NAME]%s)", section,
+				              config_sections[0] ? " or a module section" : "");
+				return 0;
+			}
+			if (c->section_present[x->mod]) {
+				config_seterr(x, "[%s] given twice", section);
+				return 0;
+			}
+			c->section_present[x->mod] = true;
 		}
 	}
 	if (section[0] == '\0') {
@@ -611,6 +626,15 @@ static int config_handler(void *user, const char *section, const char *name, con
 	}
 	if (x->rule)
 		return config_rule(x, name, value);
+	if (x->mod >= 0) {
+		char err[256];
+		const struct config_section *m = config_sections[x->mod];
+		if (m->set(c->section[x->mod], name, value, err, sizeof(err)) < 0) {
+			config_seterr(x, "[%s] %s", m->name, err);
+			return 0;
+		}
+		return 1;
+	}
 	return config_server(x, name, value);
 }
 
@@ -793,6 +817,17 @@ struct config *config_load(const char *path, char *err, size_t errsz)
 	snprintf(c->keyopts.delimiters, sizeof(c->keyopts.delimiters), "+");
 	c->socket_mode = 0660;
 
+	x.mod = -1;
+	for (int i = 0; config_sections[i]; i++) {
+		c->section[i] = calloc(1, config_sections[i]->size);
+		if (c->section[i] == NULL) {
+			snprintf(err, errsz, "out of memory");
+			config_free(c);
+			return NULL;
+		}
+		if (config_sections[i]->defaults)
+			config_sections[i]->defaults(c->section[i]);
+	}
 	x.fp = fopen(path, "r");
 	if (x.fp == NULL) {
 		snprintf(err, errsz, "%s: %s", path, strerror(errno));
@@ -825,6 +860,15 @@ struct config *config_load(const char *path, char *err, size_t errsz)
 		config_free(c);
 		return NULL;
 	}
+	for (int i = 0; config_sections[i]; i++) {
+		char merr[256];
+		if (config_sections[i]->check &&
+		    config_sections[i]->check(c->section[i], c, merr, sizeof(merr)) < 0) {
+			snprintf(err, errsz, "%s: [%s] %s", path, config_sections[i]->name, merr);
+			config_free(c);
+			return NULL;
+		}
+	}
 	for (size_t i = 0; i < c->nrules; i++) {
 		struct rule *r = &c->rules[i];
 		if (r->overrides_path && config_load_overrides(c, r, err, errsz) < 0) {
@@ -848,6 +892,11 @@ void config_free(struct config *c)
 	free(c->log_target);
 	free(c->log_facility);
 	free(c->fallback_action);
+	for (int i = 0; config_sections[i]; i++) {
+		if (c->section[i] && config_sections[i]->free)
+			config_sections[i]->free(c->section[i]);
+		free(c->section[i]);
+	}
 	for (size_t i = 0; i < c->nrules; i++) {
 		struct rule *r = &c->rules[i];
 		free(r->reply);
@@ -857,4 +906,24 @@ void config_free(struct config *c)
 		free(r->ovr);
 	}
 	free(c);
+}
+
+static int config_section_index(const struct config_section *s)
+{
+	for (int i = 0; config_sections[i]; i++)
+		if (config_sections[i] == s)
+			return i;
+	return -1;
+}
+
+void *config_section_get(const struct config *c, const struct config_section *s)
+{
+	int i = config_section_index(s);
+	return i < 0 ? NULL : c->section[i];
+}
+
+bool config_section_present(const struct config *c, const struct config_section *s)
+{
+	int i = config_section_index(s);
+	return i >= 0 && c->section_present[i];
 }

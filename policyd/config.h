@@ -19,6 +19,7 @@
 #define CONFIG_MAX_RULES  64
 #define CONFIG_MAX_NETS   256
 #define CONFIG_NAME_MAX   64
+#define CONFIG_MAX_SECTIONS 16
 
 enum verdict_action {
 	ACT_DUNNO = 0,
@@ -85,6 +86,9 @@ struct config {
 	struct key_opts keyopts;
 	uint64_t max_keys;
 	unsigned socket_mode; /* unix listeners, e.g. 0660 */
+	/* module sections (config_section.h), indexed like config_sections[] */
+	void *section[CONFIG_MAX_SECTIONS];
+	bool section_present[CONFIG_MAX_SECTIONS];
 	/* rules, in file order */
 	struct rule rules[CONFIG_MAX_RULES];
 	size_t nrules;

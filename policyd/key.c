@@ -91,7 +91,7 @@ int key_net_parse(const char *s, struct key_net *n)
 	if (slash) {
 		char *end;
 		unsigned long p = strtoul(slash + 1, &end, 10);
-		if (*(slash + 1) == '\0' || *end != '\0' || p > max)
+		if (!isdigit((unsigned char)slash[1]) || *end != '\0' || p > max)
 			return -1;
 		n->prefix = (unsigned)p;
 	} else {

@@ -228,6 +228,25 @@ void limit_prepare(struct pipeline_ctx *x)
 	}
 }
 
+/* A window's period as configured: "h", "5m", "1d", "90s". */
+static void limit_fmt_period(char *out, size_t outsz, uint64_t us)
+{
+	static const struct {
+		uint64_t us;
+		const char *unit;
+	} units[] = {{86400000000ULL, "d"}, {3600000000ULL, "h"}, {60000000ULL, "m"}, {1000000ULL, "s"}};
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+		if (us % units[i].us == 0) {
+			uint64_t n = us / units[i].us;
+			if (n == 1)
+				snprintf(out, outsz, "%s", units[i].unit);
+			else
+				snprintf(out, outsz, "%llu%s", (unsigned long long)n, units[i].unit);
+			return;
+		}
+	snprintf(out, outsz, "%lluus", (unsigned long long)us);
+}
+
 static void limit_text(struct pipeline_ctx *x, struct verdict_part *p, const struct rule *r,
                        const struct store_op *op, const struct store_result *res)
 {
@@ -235,9 +254,7 @@ static void limit_text(struct pipeline_ctx *x, struct verdict_part *p, const str
 	char per[32], retry[32];
 	const char *who = op->subject;
 
-	verdict_fmt_duration(per, sizeof(per), w->period_us);
-	if (per[0] == '1' && !(per[1] >= '0' && per[1] <= '9'))
-		memmove(per, per + 1, strlen(per)); /* "1h" → "h" */
+	limit_fmt_period(per, sizeof(per), w->period_us);
 	if (res->retry_us == UINT64_MAX)
 		snprintf(retry, sizeof(retry), "never (larger than the limit)");
 	else

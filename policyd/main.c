@@ -229,7 +229,7 @@ int main(int argc, char **argv)
 		config_free(cfg);
 		return 1;
 	}
-	struct store_memory_opts mo = {cfg->state_dir, cfg->max_keys, 1000};
+	struct store_memory_opts mo = {.state_dir = cfg->state_dir, .max_keys = cfg->max_keys, .flush_ms = 1000};
 	a.store = store_memory_open(&mo, wall_now_us(), err, sizeof(err));
 	if (a.store == NULL) {
 		log_err("store: %s", err);

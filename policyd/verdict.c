@@ -75,8 +75,9 @@ size_t verdict_reply(const struct verdict *v, char *out, size_t outsz)
 	switch (v->action) {
 	case ACT_DEFER:
 	case ACT_REJECT:
-		snprintf(text, sizeof(text), "%s %s",
-		         p->dsn[0] ? p->dsn : (v->action == ACT_DEFER ? "4.7.1" : "5.7.1"), p->text);
+		snprintf(text, sizeof(text), "%s%s%s",
+		         p->dsn[0] ? p->dsn : (v->action == ACT_DEFER ? "4.7.1" : "5.7.1"),
+		         p->text[0] ? " " : "", p->text);
 		break;
 	default:
 		snprintf(text, sizeof(text), "%s", p->text);
@@ -129,7 +130,7 @@ int verdict_check_action_text(const char *s, char *err, size_t errsz)
 
 void verdict_fmt_duration(char *out, size_t outsz, uint64_t us)
 {
-	uint64_t s = (us + 999999) / 1000000;
+	uint64_t s = us / 1000000 + (us % 1000000 != 0); /* rounded up, no wrap */
 	if (s < 120)
 		snprintf(out, outsz, "%llus", (unsigned long long)s);
 	else if (s < 7200)

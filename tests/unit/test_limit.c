@@ -48,7 +48,7 @@ static struct env *env_new(const char *rules, const char *server_extra)
 	e->cfg = config_load(e->path, err, sizeof(err));
 	if (e->cfg == NULL)
 		fail_msg("config: %s", err);
-	struct store_memory_opts mo = {NULL, 0, 1000};
+	struct store_memory_opts mo = {.state_dir = NULL, .flush_ms = 1000};
 	e->store = store_memory_open(&mo, T0, err, sizeof(err));
 	assert_non_null(e->store);
 	txn_init(&e->txn);
@@ -67,7 +67,7 @@ static void env_free(struct env *e)
 	free(e);
 }
 
-static void store_cb(void *arg, enum store_status st, const struct store_result *res, size_t n)
+static void batch_cb(void *arg, enum store_status st, const struct store_result *res, size_t n)
 {
 	struct pipeline_ctx *x = arg;
 	x->st = st;
@@ -111,7 +111,7 @@ static enum verdict_action run(struct env *e, const char *fmt, ...)
 	pipeline_begin(x, e->cfg, &req, &e->txn, e->now);
 	pipeline_prepare(x);
 	if (x->nops)
-		assert_int_equal(store_batch(e->store, x->ops, x->nops, x->now_us, store_cb, x), 0);
+		assert_int_equal(store_batch(e->store, x->ops, x->nops, x->now_us, batch_cb, x), 0);
 	pipeline_finish(x);
 	if (x->nfollow)
 		store_batch(e->store, x->follow, x->nfollow, x->now_us, follow_cb, NULL);
