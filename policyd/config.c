@@ -25,17 +25,26 @@
 #include "config_section.h"
 #include "verdict.h"
 
+#define CONFIG_MAX_NAMES 64
+#define CONFIG_RAW_MAX   1024
+
 struct config_ctx {
 	struct config *c;
 	FILE *fp;
-	unsigned line;     /* line the reader returned last */
-	unsigned errline;  /* first error */
+	unsigned line;    /* line the reader returned last */
+	unsigned errline; /* first error */
 	char err[256];
 	char section[CONFIG_NAME_MAX + 16];
 	struct rule *rule; /* current [limit] section */
 	int mod;           /* current module section, -1 if none */
 	unsigned seen;     /* bitmask of scalar keys seen in the section */
 	bool have_server;
+	bool in_section;
+	bool cont;                        /* the reader's last line continues the previous value */
+	bool last_was_value;              /* the previous non-comment line was name = value */
+	char names[CONFIG_MAX_NAMES][48]; /* names given in this section */
+	size_t nnames;
+	char raw[CONFIG_RAW_MAX]; /* the value of the last name, continuations joined */
 };
 
 static char *config_strdup(const char *s)
@@ -98,7 +107,8 @@ int config_parse_duration(const char *s, uint64_t *us, char *err, size_t errsz)
 	}
 	if (mult == 0 || (*end && end[1] != '\0') || errno || n == 0 ||
 	    n > (uint64_t)366 * 86400000000ULL / mult) {
-		snprintf(err, errsz, "bad duration '%s' (a positive number with s, m, h, d or w; at most 366d)",
+		snprintf(err, errsz,
+		         "bad duration '%s' (a positive number with s, m, h, d or w; at most 366d)",
 		         s);
 		return -1;
 	}
@@ -175,7 +185,8 @@ int config_parse_rate(const char *s, struct gcra_window *w, uint8_t *nwin, char 
 		char *cnt = config_trim(tok), *per = config_trim(slash + 1);
 		uint64_t limit, period;
 		if (config_parse_count(cnt, &limit) < 0) {
-			snprintf(err, errsz, "bad rate count '%s': a positive number (k, M, G allowed)", cnt);
+			snprintf(err, errsz,
+			         "bad rate count '%s': a positive number (k, M, G allowed)", cnt);
 			return -1;
 		}
 		char pbuf[32];
@@ -195,7 +206,8 @@ int config_parse_rate(const char *s, struct gcra_window *w, uint8_t *nwin, char 
 		}
 		for (uint8_t i = 0; i < n; i++)
 			if (w[i].period_us == period) {
-				snprintf(err, errsz, "two windows with the same period '%s'", slash + 1);
+				snprintf(err, errsz, "two windows with the same period '%s'",
+				         slash + 1);
 				return -1;
 			}
 		w[n].limit = limit;
@@ -212,7 +224,8 @@ int config_parse_rate(const char *s, struct gcra_window *w, uint8_t *nwin, char 
 
 static int config_parse_bool(const char *v, bool *b)
 {
-	if (!strcasecmp(v, "yes") || !strcasecmp(v, "true") || !strcmp(v, "1") || !strcasecmp(v, "on"))
+	if (!strcasecmp(v, "yes") || !strcasecmp(v, "true") || !strcmp(v, "1") ||
+	    !strcasecmp(v, "on"))
 		*b = true;
 	else if (!strcasecmp(v, "no") || !strcasecmp(v, "false") || !strcmp(v, "0") ||
 	         !strcasecmp(v, "off"))
@@ -382,11 +395,13 @@ static int config_server(struct config_ctx *x, const char *name, const char *v)
 		for (char *save = NULL, *t = strtok_r(buf, ", \t", &save); t;
 		     t = strtok_r(NULL, ", \t", &save)) {
 			if (c->ntrusted == CONFIG_MAX_NETS) {
-				config_seterr(x, "trusted_networks: too many (at most %d)", CONFIG_MAX_NETS);
+				config_seterr(x, "trusted_networks: too many (at most %d)",
+				              CONFIG_MAX_NETS);
 				return 0;
 			}
 			if (key_net_parse(t, &c->trusted[c->ntrusted]) < 0) {
-				config_seterr(x, "trusted_networks: '%s' is not an address or network", t);
+				config_seterr(
+				    x, "trusted_networks: '%s' is not an address or network", t);
 				return 0;
 			}
 			c->ntrusted++;
@@ -411,7 +426,7 @@ static int config_server(struct config_ctx *x, const char *name, const char *v)
 	} else if (!strcmp(name, "socket_mode")) {
 		char *end;
 		unsigned long m = strtoul(v, &end, 8);
-		if (*end || m > 0777) {
+		if (!isdigit((unsigned char)*v) || *end || m > 0777) {
 			config_seterr(x, "socket_mode: '%s' is not an octal mode", v);
 			return 0;
 		}
@@ -429,21 +444,23 @@ static int config_rule(struct config_ctx *x, const char *name, const char *v)
 	char err[200];
 	unsigned long long n;
 
-#define ONCE(bit)                                                                          \
-	do {                                                                               \
-		if (x->seen & (bit)) {                                                     \
-			config_seterr(x, "'%s' given twice in [limit %s]", name, r->name);  \
-			return 0;                                                          \
-		}                                                                          \
-		x->seen |= (bit);                                                          \
+#define ONCE(bit)                                                                                  \
+	do {                                                                                       \
+		if (x->seen & (bit)) {                                                             \
+			config_seterr(x, "'%s' given twice in [limit %s]", name, r->name);         \
+			return 0;                                                                  \
+		}                                                                                  \
+		x->seen |= (bit);                                                                  \
 	} while (0)
 
 	if (!strcmp(name, "key")) {
 		ONCE(SEEN_KEY);
 		if (key_type_parse(v, &r->key) < 0) {
-			config_seterr(x, "key: '%s' (sasl_username, sender, sender_domain, client_address, "
-			                 "client_network, recipient_domain, principal)",
-			              v);
+			config_seterr(
+			    x,
+			    "key: '%s' (sasl_username, sender, sender_domain, client_address, "
+			    "client_network, recipient_domain, principal)",
+			    v);
 			return 0;
 		}
 	} else if (!strcmp(name, "count")) {
@@ -555,74 +572,127 @@ static int config_end_section(struct config_ctx *x)
 	return 1;
 }
 
+/* A [section] header line starts here (called by the reader, so that the
+ * header's own line is known and empty sections are seen too). */
+static int config_begin_section(struct config_ctx *x, const char *section)
+{
+	struct config *c = x->c;
+
+	if (!config_end_section(x))
+		return 0;
+	snprintf(x->section, sizeof(x->section), "%s", section);
+	x->in_section = true;
+	x->seen = 0;
+	x->nnames = 0;
+	x->mod = -1;
+	x->rule = NULL;
+	if (!strcmp(section, "server")) {
+		if (x->have_server) {
+			config_seterr(x, "[server] given twice");
+			return 0;
+		}
+		x->have_server = true;
+		return 1;
+	}
+	if (!strncmp(section, "limit ", 6) || !strcmp(section, "limit")) {
+		const char *rn = section + 5;
+		while (*rn == ' ')
+			rn++;
+		if (*rn == '\0' || strlen(rn) >= CONFIG_NAME_MAX) {
+			config_seterr(x, "[limit NAME]: a name of 1 to %d characters is needed",
+			              CONFIG_NAME_MAX - 1);
+			return 0;
+		}
+		for (const char *p = rn; *p; p++)
+			if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_' && *p != '.') {
+				config_seterr(
+				    x, "[limit %s]: names use letters, digits, '-', '_', '.'", rn);
+				return 0;
+			}
+		for (size_t i = 0; i < c->nrules; i++)
+			if (!strcmp(c->rules[i].name, rn)) {
+				config_seterr(x, "[limit %s] given twice", rn);
+				return 0;
+			}
+		if (c->nrules == CONFIG_MAX_RULES) {
+			config_seterr(x, "too many [limit] sections (at most %d)",
+			              CONFIG_MAX_RULES);
+			return 0;
+		}
+		x->rule = &c->rules[c->nrules++];
+		config_rule_defaults(x->rule);
+		snprintf(x->rule->name, sizeof(x->rule->name), "%s", rn);
+		x->rule->line = x->line;
+		return 1;
+	}
+	for (int i = 0; config_sections[i]; i++)
+		if (!strcmp(section, config_sections[i]->name))
+			x->mod = i;
+	if (x->mod < 0) {
+		config_seterr(x, "unknown section [%s] ([server], [limit NAME]%s)", section,
+		              config_sections[0] ? " or a module section" : "");
+		return 0;
+	}
+	if (c->section_present[x->mod]) {
+		config_seterr(x, "[%s] given twice", section);
+		return 0;
+	}
+	c->section_present[x->mod] = true;
+	return 1;
+}
+
+/* Names that take a list: repeated and continued lines append. */
+static bool config_is_list(const char *name)
+{
+	return !strcmp(name, "listen") || !strcmp(name, "trusted_networks") ||
+	       !strcmp(name, "rate") || !strcmp(name, "hooks");
+}
+
 static int config_handler(void *user, const char *section, const char *name, const char *value)
 {
 	struct config_ctx *x = user;
 	struct config *c = x->c;
+	char joined[CONFIG_RAW_MAX];
 
+	(void)section; /* sections are tracked by the reader */
 	if (x->errline)
 		return 1; /* report only the first error */
-	if (strcmp(section, x->section) != 0) {
-		/* a new section starts */
-		if (!config_end_section(x))
-			return 0;
-		snprintf(x->section, sizeof(x->section), "%s", section);
-		x->seen = 0;
-		x->mod = -1;
-		if (!strcmp(section, "server")) {
-			if (x->have_server) {
-				config_seterr(x, "[server] given twice");
-				return 0;
-			}
-			x->have_server = true;
-		} else if (!strncmp(section, "limit ", 6)) {
-			const char *rn = section + 6;
-			while (*rn == ' ')
-				rn++;
-			if (*rn == '\0' || strlen(rn) >= CONFIG_NAME_MAX) {
-				config_seterr(x, "[limit NAME]: a name of 1 to %d characters is needed",
-				              CONFIG_NAME_MAX - 1);
-				return 0;
-			}
-			for (const char *p = rn; *p; p++)
-				if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_' && *p != '.') {
-					config_seterr(x, "[limit %s]: names use letters, digits, '-', '_', '.'",
-					              rn);
-					return 0;
-				}
-			for (size_t i = 0; i < c->nrules; i++)
-				if (!strcmp(c->rules[i].name, rn)) {
-					config_seterr(x, "[limit %s] given twice", rn);
-					return 0;
-				}
-			if (c->nrules == CONFIG_MAX_RULES) {
-				config_seterr(x, "too many [limit] sections (at most %d)", CONFIG_MAX_RULES);
-				return 0;
-			}
-			x->rule = &c->rules[c->nrules++];
-			config_rule_defaults(x->rule);
-			snprintf(x->rule->name, sizeof(x->rule->name), "%s", rn);
-			x->rule->line = x->line;
-		} else {
-			x->mod = -1;
-			for (int i = 0; config_sections[i]; i++)
-				if (!strcmp(section, config_sections[i]->name))
-					x->mod = i;
-			if (x->mod < 0) {
-				config_seterr(x, "unknown section [%s] ([server], [limit NAME]%s)", section,
-				              config_sections[0] ? " or a module section" : "");
-				return 0;
-			}
-			if (c->section_present[x->mod]) {
-				config_seterr(x, "[%s] given twice", section);
-				return 0;
-			}
-			c->section_present[x->mod] = true;
-		}
-	}
-	if (section[0] == '\0') {
+	if (!x->in_section) {
 		config_seterr(x, "'%s' outside of any section", name);
 		return 0;
+	}
+	/* a name given twice; list names continue on indented lines */
+	bool cont = x->cont && x->nnames > 0 && !strcmp(x->names[x->nnames - 1], name);
+	if (cont && !config_is_list(name)) {
+		config_seterr(x, "'%s' does not take a list: only lists continue on indented lines",
+		              name);
+		return 0;
+	}
+	if (!cont && !(!strcmp(name, "listen") || !strcmp(name, "trusted_networks"))) {
+		for (size_t i = 0; i < x->nnames; i++)
+			if (!strcmp(x->names[i], name)) {
+				config_seterr(x, "'%s' given twice in [%s]", name, x->section);
+				return 0;
+			}
+	}
+	if (!cont) {
+		if (x->nnames < CONFIG_MAX_NAMES)
+			snprintf(x->names[x->nnames++], sizeof(x->names[0]), "%s", name);
+		snprintf(x->raw, sizeof(x->raw), "%s", value);
+	} else {
+		/* the whole list so far, re-parsed as one value */
+		if (strlen(x->raw) + strlen(value) + 3 > sizeof(x->raw)) {
+			config_seterr(x, "'%s': list too long", name);
+			return 0;
+		}
+		snprintf(joined, sizeof(joined), "%s, %s", x->raw, value);
+		snprintf(x->raw, sizeof(x->raw), "%s", joined);
+		if (!strcmp(name, "listen") || !strcmp(name, "trusted_networks"))
+			; /* these append item by item below */
+		else
+			value = x->raw;
+		if (x->rule && !strcmp(name, "rate"))
+			x->seen &= ~(unsigned)SEEN_RATE;
 	}
 	if (x->rule)
 		return config_rule(x, name, value);
@@ -638,7 +708,8 @@ static int config_handler(void *user, const char *section, const char *name, con
 	return config_server(x, name, value);
 }
 
-/* inih reader that counts lines and refuses lines too long to be whole. */
+/* inih reader: counts lines, refuses lines too long to be whole, and
+ * tracks sections and continuation lines itself. */
 static char *config_reader(char *str, int num, void *stream)
 {
 	struct config_ctx *x = stream;
@@ -646,14 +717,54 @@ static char *config_reader(char *str, int num, void *stream)
 		return NULL;
 	x->line++;
 	size_t len = strlen(str);
-	if (len == (size_t)num - 1 && str[len - 1] != '\n' && !feof(x->fp)) {
-		config_seterr(x, "line longer than %d characters; continue lists on indented lines",
-		              num - 2);
-		int ch;
-		while ((ch = fgetc(x->fp)) != EOF && ch != '\n')
-			;
-		str[0] = '\0';
+	if (len == (size_t)num - 1 && str[len - 1] != '\n') {
+		int ch = fgetc(x->fp);
+		if (ch != EOF) {
+			config_seterr(x,
+			              "line longer than %d characters; continue lists on indented "
+			              "lines",
+			              num - 2);
+			while (ch != EOF && ch != '\n')
+				ch = fgetc(x->fp);
+			str[0] = '\0';
+			return str;
+		}
 	}
+	const char *p = str;
+	while (*p == ' ' || *p == '\t')
+		p++;
+	bool blank = *p == '\0' || *p == '\n' || *p == '\r';
+	bool comment = *p == '#' || *p == ';';
+	x->cont = false;
+	if (!blank && !comment && p != str && x->last_was_value)
+		x->cont = true;
+	if (*p == '[' && !x->errline) {
+		const char *close = strchr(p, ']');
+		char name[128];
+		if (close == NULL) {
+			config_seterr(x, "syntax error: section header without ']'");
+		} else {
+			const char *b = p + 1;
+			size_t n = (size_t)(close - b);
+			while (n > 0 && (*b == ' ' || *b == '\t')) {
+				b++;
+				n--;
+			}
+			while (n > 0 && (b[n - 1] == ' ' || b[n - 1] == '\t'))
+				n--;
+			if (n >= sizeof(name))
+				config_seterr(x, "[%.20s...]: section name too long", b);
+			else {
+				memcpy(name, b, n);
+				name[n] = '\0';
+				config_begin_section(x, name);
+			}
+		}
+	}
+	if (!blank && !comment)
+		x->last_was_value = *p != '[';
+	else if (blank)
+		x->last_was_value = false;
 	return str;
 }
 
@@ -662,9 +773,10 @@ static int config_override_cmp(const void *a, const void *b)
 	return strcmp(((const struct override *)a)->subject, ((const struct override *)b)->subject);
 }
 
-/* Normalise a subject from a map file the way requests are normalised. */
-static void config_norm_subject(const struct config *c, const struct rule *r, const char *in,
-                                char *out, size_t outsz)
+/* Normalise a subject from a map file the way requests are normalised;
+ * -1 when it cannot be a value of the rule's key. */
+static int config_norm_subject(const struct config *c, const struct rule *r, const char *in,
+                               char *out, size_t outsz)
 {
 	size_t n = 0;
 	switch (r->key) {
@@ -675,33 +787,47 @@ static void config_norm_subject(const struct config *c, const struct rule *r, co
 	case KEY_RECIPIENT_DOMAIN:
 		if (strchr(in, '@'))
 			n = key_norm_domain(out, outsz, in);
-		else
+		else {
 			n = key_norm_login(out, outsz, in, true);
+			while (n > 0 && out[n - 1] == '.')
+				out[--n] = '\0';
+		}
 		break;
 	case KEY_CLIENT_ADDRESS:
 		n = key_norm_ip(out, outsz, in);
+		if (n == 0)
+			return -1;
 		break;
 	case KEY_CLIENT_NETWORK: {
 		/* "198.51.100.0/24" or a bare address */
 		char a[64];
+		struct key_net net;
 		snprintf(a, sizeof(a), "%s", in);
+		if (key_net_parse(a, &net) < 0)
+			return -1;
 		char *slash = strchr(a, '/');
 		if (slash)
 			*slash = '\0';
 		n = key_norm_net(out, outsz, a, r->prefix4, r->prefix6);
+		if (n == 0)
+			return -1;
 		break;
 	}
 	case KEY_SASL_USERNAME:
+		/* a login, even when it looks like an address (pipeline.c) */
+		n = key_norm_login(out, outsz, in, c->keyopts.fold_localpart);
+		break;
 	case KEY_PRINCIPAL:
 	default:
-		if (strchr(in, '@'))
-			n = key_norm_address(out, outsz, in, &c->keyopts);
-		else
-			n = key_norm_login(out, outsz, in, c->keyopts.fold_localpart);
+		/* a login, a sender address (trusted networks) or a client address */
+		if (key_norm_ip(out, outsz, in) > 0)
+			return 0;
+		n = key_norm_login(out, outsz, in, c->keyopts.fold_localpart);
 		break;
 	}
 	if (n == 0)
 		snprintf(out, outsz, "%s", in);
+	return 0;
 }
 
 static int config_load_overrides(struct config *c, struct rule *r, char *err, size_t errsz)
@@ -728,7 +854,8 @@ static int config_load_overrides(struct config *c, struct rule *r, char *err, si
 			continue;
 		char *sp = s + strcspn(s, " \t");
 		if (*sp == '\0') {
-			snprintf(err, errsz, "%s:%u: expected 'SUBJECT exempt' or 'SUBJECT N/period, ...'",
+			snprintf(err, errsz,
+			         "%s:%u: expected 'SUBJECT exempt' or 'SUBJECT N/period, ...'",
 			         r->overrides_path, lineno);
 			goto fail;
 		}
@@ -746,7 +873,11 @@ static int config_load_overrides(struct config *c, struct rule *r, char *err, si
 			}
 		}
 		char subj[KEY_MAX];
-		config_norm_subject(c, r, s, subj, sizeof(subj));
+		if (config_norm_subject(c, r, s, subj, sizeof(subj)) < 0) {
+			snprintf(err, errsz, "%s:%u: '%s' is not a %s", r->overrides_path, lineno,
+			         s, r->key == KEY_CLIENT_NETWORK ? "network" : "client address");
+			goto fail;
+		}
 		if (r->novr == cap) {
 			cap = cap ? cap * 2 : 16;
 			struct override *n = realloc(r->ovr, cap * sizeof(*n));
@@ -757,14 +888,20 @@ static int config_load_overrides(struct config *c, struct rule *r, char *err, si
 			r->ovr = n;
 		}
 		o.subject = config_strdup(subj);
+		o.line = lineno;
 		r->ovr[r->novr++] = o;
 	}
 	fclose(fp);
 	qsort(r->ovr, r->novr, sizeof(*r->ovr), config_override_cmp);
 	for (size_t i = 1; i < r->novr; i++)
 		if (!strcmp(r->ovr[i - 1].subject, r->ovr[i].subject)) {
-			snprintf(err, errsz, "%s: '%s' is listed twice", r->overrides_path,
-			         r->ovr[i].subject);
+			snprintf(err, errsz, "%s:%u: '%s' is listed twice (first on line %u)",
+			         r->overrides_path,
+			         r->ovr[i].line > r->ovr[i - 1].line ? r->ovr[i].line
+			                                             : r->ovr[i - 1].line,
+			         r->ovr[i].subject,
+			         r->ovr[i].line < r->ovr[i - 1].line ? r->ovr[i].line
+			                                             : r->ovr[i - 1].line);
 			return -1;
 		}
 	return 0;
@@ -836,7 +973,8 @@ struct config *config_load(const char *path, char *err, size_t errsz)
 	}
 	int rc = ini_parse_stream(config_reader, &x, config_handler, &x);
 	fclose(x.fp);
-	if (x.errline == 0 && rc > 0) {
+	if (rc > 0 && (x.errline == 0 || (unsigned)rc < x.errline)) {
+		x.errline = 0;
 		x.line = (unsigned)rc;
 		config_seterr(&x, "syntax error (expected [section] or name = value)");
 	}
@@ -855,8 +993,8 @@ struct config *config_load(const char *path, char *err, size_t errsz)
 	if (c->nlisten == 0)
 		c->listen[c->nlisten++] = config_strdup("inet:127.0.0.1:10031");
 	if (c->max_line + 2 > c->max_request) {
-		snprintf(err, errsz, "%s: max_line (%zu) must be smaller than max_request (%zu)", path,
-		         c->max_line, c->max_request);
+		snprintf(err, errsz, "%s: max_line (%zu) must be smaller than max_request (%zu)",
+		         path, c->max_line, c->max_request);
 		config_free(c);
 		return NULL;
 	}

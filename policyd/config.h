@@ -15,10 +15,10 @@
 #include "cache/store.h"
 #include "key.h"
 
-#define CONFIG_MAX_LISTEN 16
-#define CONFIG_MAX_RULES  64
-#define CONFIG_MAX_NETS   256
-#define CONFIG_NAME_MAX   64
+#define CONFIG_MAX_LISTEN   16
+#define CONFIG_MAX_RULES    64
+#define CONFIG_MAX_NETS     256
+#define CONFIG_NAME_MAX     64
 #define CONFIG_MAX_SECTIONS 16
 
 enum verdict_action {
@@ -41,6 +41,7 @@ enum rule_scope { SCOPE_OUTBOUND = 0, SCOPE_ALL };
 /* A per-principal override from a rule's map file. */
 struct override {
 	char *subject; /* normalised key value */
+	unsigned line; /* in the map file */
 	bool exempt;
 	uint8_t nwin;
 	struct gcra_window win[STORE_MAX_WINDOWS];
@@ -53,15 +54,15 @@ struct rule {
 	uint8_t nwin;
 	struct gcra_window win[STORE_MAX_WINDOWS];
 	enum verdict_action action;
-	bool dry_run;      /* log what would happen, answer DUNNO */
+	bool dry_run; /* log what would happen, answer DUNNO */
 	enum rule_scope scope;
 	unsigned prefix4, prefix6; /* client_network */
-	char *reply;      /* text, NULL for the default */
-	char dsn[16];     /* enhanced status code, "" for the default */
+	char *reply;               /* text, NULL for the default */
+	char dsn[16];              /* enhanced status code, "" for the default */
 	char *overrides_path;
 	struct override *ovr; /* sorted by subject */
 	size_t novr;
-	unsigned line;    /* line of the section header, for messages */
+	unsigned line; /* line of the section header, for messages */
 };
 
 struct config {

@@ -7,5 +7,5 @@
 #include <stddef.h>
 
 const struct config_section *const config_sections[] = {
-	NULL,
+    NULL,
 };

@@ -15,8 +15,8 @@
 #include <sys/socket.h>
 
 static const char *const key_names[KEY__COUNT] = {
-	"sasl_username", "sender", "sender_domain", "client_address", "client_network",
-	"recipient_domain", "principal",
+    "sasl_username",  "sender",           "sender_domain", "client_address",
+    "client_network", "recipient_domain", "principal",
 };
 
 int key_type_parse(const char *s, enum key_type *t)

@@ -27,7 +27,7 @@ enum key_type {
 };
 
 struct key_opts {
-	char delimiters[8]; /* recipient_delimiter characters, "" = none */
+	char delimiters[8];  /* recipient_delimiter characters, "" = none */
 	bool fold_localpart; /* lower-case local parts too (default yes) */
 };
 

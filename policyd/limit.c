@@ -179,7 +179,8 @@ void limit_prepare(struct pipeline_ctx *x)
 	const char *inst = proto_get(q, PROTO_A_INSTANCE);
 	if (inst[0] && txn_begin(x->txn, inst)) {
 		limit_stats.abandoned++;
-		if ((c->hooks & HOOK_EOM) && limit_stats.abandoned == 100 && limit_stats.settled == 0)
+		if ((c->hooks & HOOK_EOM) && limit_stats.abandoned == 100 &&
+		    limit_stats.settled == 0)
 			log_warn("hooks include eom, but 100 transactions ended without an "
 			         "END-OF-MESSAGE request: is check_policy_service in "
 			         "smtpd_end_of_data_restrictions?");
@@ -234,14 +235,16 @@ static void limit_fmt_period(char *out, size_t outsz, uint64_t us)
 	static const struct {
 		uint64_t us;
 		const char *unit;
-	} units[] = {{86400000000ULL, "d"}, {3600000000ULL, "h"}, {60000000ULL, "m"}, {1000000ULL, "s"}};
+	} units[] = {
+	    {86400000000ULL, "d"}, {3600000000ULL, "h"}, {60000000ULL, "m"}, {1000000ULL, "s"}};
 	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
 		if (us % units[i].us == 0) {
 			uint64_t n = us / units[i].us;
 			if (n == 1)
 				snprintf(out, outsz, "%s", units[i].unit);
 			else
-				snprintf(out, outsz, "%llu%s", (unsigned long long)n, units[i].unit);
+				snprintf(out, outsz, "%llu%s", (unsigned long long)n,
+				         units[i].unit);
 			return;
 		}
 	snprintf(out, outsz, "%lluus", (unsigned long long)us);
@@ -264,14 +267,15 @@ static void limit_text(struct pipeline_ctx *x, struct verdict_part *p, const str
 	const char *base = r->reply;
 	char dflt[200];
 	if (base == NULL) {
-		snprintf(dflt, sizeof(dflt), "Rate limit exceeded for %s: at most %llu %s per %s", who,
-		         (unsigned long long)w->limit, config_count_name(r->count), per);
+		snprintf(dflt, sizeof(dflt), "Rate limit exceeded for %s: at most %llu %s per %s",
+		         who, (unsigned long long)w->limit, config_count_name(r->count), per);
 		base = dflt;
 	}
 	if (r->action == ACT_DEFER && res->retry_us != UINT64_MAX)
 		snprintf(p->text, sizeof(p->text), "%s; try again in %s", base, retry);
 	else if (r->action == ACT_DEFER || r->action == ACT_REJECT)
-		snprintf(p->text, sizeof(p->text), "%s; this message is larger than the limit", base);
+		snprintf(p->text, sizeof(p->text), "%s; this message is larger than the limit",
+		         base);
 	else
 		snprintf(p->text, sizeof(p->text), "%s", base);
 	if (r->dsn[0])
@@ -294,13 +298,14 @@ void limit_finish(struct pipeline_ctx *x)
 		if (m->purpose == LP_REFUND)
 			continue;
 		if (m->purpose == LP_TAKE_RCPT && res->committed) {
-			txn_reserve(x->txn, op->rule, op->subject, 1, m->rule->key == KEY_RECIPIENT_DOMAIN);
+			txn_reserve(x->txn, op->rule, op->subject, 1,
+			            m->rule->key == KEY_RECIPIENT_DOMAIN);
 			any_take_rcpt = true;
 		}
 		if (!res->conform) {
 			limit_stats.fired++;
-			struct verdict_part *p =
-			    verdict_add(&x->v, "limit", m->rule->name, m->rule->action, m->rule->dry_run);
+			struct verdict_part *p = verdict_add(&x->v, "limit", m->rule->name,
+			                                     m->rule->action, m->rule->dry_run);
 			if (p)
 				limit_text(x, p, m->rule, op, res);
 		}
@@ -333,7 +338,8 @@ void limit_finish(struct pipeline_ctx *x)
 			if (r == NULL)
 				continue;
 			size_t slen = strlen(v->subject) + 1;
-			if (x->nfollow == STORE_MAX_BATCH || x->arena_used + slen > sizeof(x->arena))
+			if (x->nfollow == STORE_MAX_BATCH ||
+			    x->arena_used + slen > sizeof(x->arena))
 				break;
 			struct store_op *op = &x->follow[x->nfollow++];
 			memset(op, 0, sizeof(*op));

@@ -16,10 +16,10 @@ size_t limit_subject(const struct pipeline_ctx *x, const struct rule *r, char *o
 
 /* Counters for status/metrics. */
 struct limit_stats {
-	unsigned long long abandoned;     /* transactions that never reached EOM */
-	unsigned long long settled;       /* EOM settlements */
-	unsigned long long refunded;      /* recipients given back */
-	unsigned long long fired;         /* rule over its limit */
+	unsigned long long abandoned; /* transactions that never reached EOM */
+	unsigned long long settled;   /* EOM settlements */
+	unsigned long long refunded;  /* recipients given back */
+	unsigned long long fired;     /* rule over its limit */
 };
 extern struct limit_stats limit_stats;
 

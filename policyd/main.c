@@ -68,13 +68,14 @@ static void print_summary(const struct config *c)
 	for (size_t i = 0; i < c->nlisten; i++)
 		printf("  listen %s\n", c->listen[i]);
 	printf("  store %s, state_dir %s\n", c->store, c->state_dir[0] ? c->state_dir : "(none)");
-	printf("  hooks%s%s%s\n", c->hooks & HOOK_RCPT ? " rcpt" : "", c->hooks & HOOK_DATA ? " data" : "",
-	       c->hooks & HOOK_EOM ? " eom" : "");
+	printf("  hooks%s%s%s\n", c->hooks & HOOK_RCPT ? " rcpt" : "",
+	       c->hooks & HOOK_DATA ? " data" : "", c->hooks & HOOK_EOM ? " eom" : "");
 	for (size_t i = 0; i < c->nrules; i++) {
 		const struct rule *r = &c->rules[i];
 		printf("  [limit %s] key=%s count=%s action=%s%s scope=%s windows=", r->name,
-		       key_type_name(r->key), config_count_name(r->count), config_action_name(r->action),
-		       r->dry_run ? " (dry run)" : "", r->scope == SCOPE_ALL ? "all" : "outbound");
+		       key_type_name(r->key), config_count_name(r->count),
+		       config_action_name(r->action), r->dry_run ? " (dry run)" : "",
+		       r->scope == SCOPE_ALL ? "all" : "outbound");
 		for (uint8_t w = 0; w < r->nwin; w++)
 			printf("%s%llu/%llus", w ? "," : "", (unsigned long long)r->win[w].limit,
 			       (unsigned long long)(r->win[w].period_us / 1000000));
@@ -229,7 +230,8 @@ int main(int argc, char **argv)
 		config_free(cfg);
 		return 1;
 	}
-	struct store_memory_opts mo = {.state_dir = cfg->state_dir, .max_keys = cfg->max_keys, .flush_ms = 1000};
+	struct store_memory_opts mo = {
+	    .state_dir = cfg->state_dir, .max_keys = cfg->max_keys, .flush_ms = 1000};
 	a.store = store_memory_open(&mo, wall_now_us(), err, sizeof(err));
 	if (a.store == NULL) {
 		log_err("store: %s", err);
@@ -273,8 +275,8 @@ int main(int argc, char **argv)
 	ev_timer_start(loop, &a.tick);
 
 	server_start(a.srv);
-	log_info("event=start version=%s config=%s rules=%zu store=%s pid=%ld", POLICYD_VERSION, path,
-	         cfg->nrules, a.store->be->name, (long)getpid());
+	log_info("event=start version=%s config=%s rules=%zu store=%s pid=%ld", POLICYD_VERSION,
+	         path, cfg->nrules, a.store->be->name, (long)getpid());
 	ev_run(loop, 0);
 
 	/* graceful stop: requests in flight are answered; save the state */

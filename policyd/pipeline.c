@@ -15,7 +15,7 @@
 #include "log.h"
 
 static const struct pipeline_check pipeline_checks[] = {
-	{"limit", limit_prepare, limit_finish},
+    {"limit", limit_prepare, limit_finish},
 };
 #define PIPELINE_NCHECKS (sizeof(pipeline_checks) / sizeof(pipeline_checks[0]))
 
@@ -104,8 +104,9 @@ void pipeline_prepare(struct pipeline_ctx *x)
 			x->meta[j].check = (uint8_t)i;
 	}
 	if (x->skipped)
-		log_warn("request needs more than %d store operations or %d bytes of keys: %zu skipped",
-		         STORE_MAX_BATCH, PIPELINE_ARENA, x->skipped);
+		log_warn(
+		    "request needs more than %d store operations or %d bytes of keys: %zu skipped",
+		    STORE_MAX_BATCH, PIPELINE_ARENA, x->skipped);
 }
 
 void pipeline_finish(struct pipeline_ctx *x)

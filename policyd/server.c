@@ -13,6 +13,7 @@
 #include "server.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -105,7 +106,8 @@ int server_parse_endpoint(const char *ep, int *family, char *host, size_t hostsz
 		const char *path = ep + 5;
 		if (path[0] != '/' || strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path) ||
 		    strlen(path) >= hostsz) {
-			snprintf(err, errsz, "'%s': unix sockets need an absolute path of at most %zu bytes",
+			snprintf(err, errsz,
+			         "'%s': unix sockets need an absolute path of at most %zu bytes",
 			         ep, sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
 			return -1;
 		}
@@ -139,7 +141,7 @@ int server_parse_endpoint(const char *ep, int *family, char *host, size_t hostsz
 	}
 	char *end;
 	unsigned long p = strtoul(colon + 1, &end, 10);
-	if (colon[1] == '\0' || *end || p == 0 || p > 65535) {
+	if (!isdigit((unsigned char)colon[1]) || *end || p == 0 || p > 65535) {
 		snprintf(err, errsz, "'%s': bad port", ep);
 		return -1;
 	}
@@ -318,7 +320,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 			int one = 1;
 			setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 			if (ss.ss_family == AF_INET)
-				inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, h, sizeof(h));
+				inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, h,
+				          sizeof(h));
 			else
 				inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, h,
 				          sizeof(h));
@@ -326,7 +329,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 		} else {
 			snprintf(c->peer, sizeof(c->peer), "%s", l->name);
 		}
-		struct proto_limits lim = {s->cfg->max_request, s->cfg->max_line, s->cfg->max_attrs};
+		struct proto_limits lim = {s->cfg->max_request, s->cfg->max_line,
+		                           s->cfg->max_attrs};
 		proto_parser_init(&c->parser, &lim);
 		txn_init(&c->txn);
 		ev_io_init(&c->rw, conn_read_cb, fd, EV_READ);
@@ -453,8 +457,8 @@ static void conn_answer(struct conn *c)
 
 	if (x->st != STORE_OK) {
 		s->st.store_errors++;
-		log_warn("event=store_error store=%s error=\"%s\" answer=\"%s\"", s->store->be->name,
-		         s->store->err, s->cfg->fallback_action);
+		log_warn("event=store_error store=%s error=\"%s\" answer=\"%s\"",
+		         s->store->be->name, s->store->err, s->cfg->fallback_action);
 		len = proto_reply_format(reply, sizeof(reply), s->cfg->fallback_action, NULL);
 		x->v.action = ACT_DUNNO;
 	} else {
@@ -546,25 +550,28 @@ static void conn_process(struct conn *c)
 		if (now == 0)
 			now = now_ns();
 		c->t0_ns = now;
-		enum proto_status ps = proto_parse(&c->parser, c->buf, c->len, &c->req, &used, &diag);
+		enum proto_status ps =
+		    proto_parse(&c->parser, c->buf, c->len, &c->req, &used, &diag);
 		if (ps == PROTO_MORE)
 			break;
 		if (ps == PROTO_FATAL) {
 			s->st.fatal_streams++;
-			log_warn("event=bad_stream peer=%s error=\"%s\" bytes=%zu action=close", c->peer,
-			         proto_error_str(diag.code), c->len);
+			log_warn("event=bad_stream peer=%s error=\"%s\" bytes=%zu action=close",
+			         c->peer, proto_error_str(diag.code), c->len);
 			conn_close(c, NULL);
 			return;
 		}
 		if (ps == PROTO_BAD) {
 			char reply[PROTO_REPLY_BUFSZ];
 			s->st.bad_requests++;
-			log_warn("event=bad_request peer=%s error=\"%s\" line=%zu answer=\"%s\"", c->peer,
-			         proto_error_str(diag.code), diag.line, s->cfg->fallback_action);
+			log_warn("event=bad_request peer=%s error=\"%s\" line=%zu answer=\"%s\"",
+			         c->peer, proto_error_str(diag.code), diag.line,
+			         s->cfg->fallback_action);
 			c->len -= used;
 			memmove(c->buf, c->buf + used, c->len);
-			conn_reply(c, reply, proto_reply_format(reply, sizeof(reply),
-			                                        s->cfg->fallback_action, NULL));
+			conn_reply(c, reply,
+			           proto_reply_format(reply, sizeof(reply), s->cfg->fallback_action,
+			                              NULL));
 			if (c->outlen > sizeof(c->out) - PROTO_REPLY_BUFSZ) {
 				if (conn_flush(c) < 0)
 					return;
@@ -660,8 +667,8 @@ struct server *server_new(struct ev_loop *loop, struct config *cfg, struct store
 	for (size_t i = 0; i < cfg->nlisten; i++) {
 		char host[256], port[16];
 		int fam, fd;
-		if (server_parse_endpoint(cfg->listen[i], &fam, host, sizeof(host), port, sizeof(port),
-		                          err, errsz) < 0)
+		if (server_parse_endpoint(cfg->listen[i], &fam, host, sizeof(host), port,
+		                          sizeof(port), err, errsz) < 0)
 			goto fail;
 		if (fam == AF_UNIX)
 			fd = listen_unix(host, cfg->socket_mode, err, errsz);
@@ -695,8 +702,9 @@ void server_reload(struct server *s, struct config *cfg)
 	for (size_t i = 0; same && i < cfg->nlisten; i++)
 		same = strcmp(cfg->listen[i], s->cfg->listen[i]) == 0;
 	if (!same)
-		log_warn("listen changed in %s: restart policyd to apply it (the old listeners stay)",
-		         cfg->path);
+		log_warn(
+		    "listen changed in %s: restart policyd to apply it (the old listeners stay)",
+		    cfg->path);
 	if (s->old_cfg) /* two reloads while a request was in flight */
 		config_free(s->old_cfg);
 	if (s->busy)

@@ -91,7 +91,8 @@ void txn_add_rcpt(struct txn *t, uint64_t h)
 void txn_reserve(struct txn *t, const char *rule, const char *subject, uint32_t n, bool is_domain)
 {
 	for (size_t i = 0; i < t->nresv; i++)
-		if (strcmp(t->resv[i].rule, rule) == 0 && strcmp(t->resv[i].subject, subject) == 0) {
+		if (strcmp(t->resv[i].rule, rule) == 0 &&
+		    strcmp(t->resv[i].subject, subject) == 0) {
 			t->resv[i].count += n;
 			return;
 		}

@@ -108,13 +108,13 @@ bool verdict_dsn_valid(const char *d)
 
 int verdict_check_action_text(const char *s, char *err, size_t errsz)
 {
-	static const char *const words[] = {"DUNNO",           "OK",     "DEFER",
-	                                    "DEFER_IF_PERMIT", "REJECT", "HOLD",
-	                                    "WARN",            "INFO",   "DEFER_IF_REJECT"};
+	static const char *const words[] = {"DUNNO", "OK",   "DEFER", "DEFER_IF_PERMIT", "REJECT",
+	                                    "HOLD",  "WARN", "INFO",  "DEFER_IF_REJECT"};
 	size_t wl = strcspn(s, " \t");
 
 	if (!proto_utf8_valid(s, strlen(s)) || strlen(s) > PROTO_REPLY_MAX_TEXT) {
-		snprintf(err, errsz, "must be UTF-8 text of at most %d bytes", PROTO_REPLY_MAX_TEXT);
+		snprintf(err, errsz, "must be UTF-8 text of at most %d bytes",
+		         PROTO_REPLY_MAX_TEXT);
 		return -1;
 	}
 	if (wl == 3 && (s[0] == '4' || s[0] == '5') && isdigit((unsigned char)s[1]) &&
@@ -123,7 +123,8 @@ int verdict_check_action_text(const char *s, char *err, size_t errsz)
 	for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
 		if (strlen(words[i]) == wl && strncasecmp(s, words[i], wl) == 0)
 			return 0;
-	snprintf(err, errsz, "'%.*s' is not an access(5) action (DUNNO, DEFER, REJECT, 4NN, 5NN, ...)",
+	snprintf(err, errsz,
+	         "'%.*s' is not an access(5) action (DUNNO, DEFER, REJECT, 4NN, 5NN, ...)",
 	         (int)(wl > 40 ? 40 : wl), s);
 	return -1;
 }

@@ -17,11 +17,11 @@
 
 /* One check's contribution. */
 struct verdict_part {
-	enum verdict_action action; /* what the rule says (before dry run) */
-	bool dry_run;               /* logged, not enforced */
-	const char *rule;           /* rule name (static for the config's life) */
-	const char *check;          /* "limit", "flag", ... */
-	char reason[160];           /* short, for the log */
+	enum verdict_action action;  /* what the rule says (before dry run) */
+	bool dry_run;                /* logged, not enforced */
+	const char *rule;            /* rule name (static for the config's life) */
+	const char *check;           /* "limit", "flag", ... */
+	char reason[160];            /* short, for the log */
 	char text[VERDICT_TEXT_MAX]; /* reply text for the client */
 	char dsn[16];
 };

@@ -21,7 +21,7 @@
 #include "policyd/limit.h"
 #include "policyd/pipeline.h"
 
-#define T0 1795000000000000LL /* µs */
+#define T0   1795000000000000LL /* µs */
 #define HOUR 3600000000LL
 
 struct env {
@@ -125,13 +125,15 @@ static const char *reply_text(struct env *e)
 	return out;
 }
 
-#define RCPT(e, user, inst, rcpt)                                                          \
-	run(e, "protocol_state=RCPT\nsasl_username=%s\nsender=%s@example.org\n"            \
-	       "client_address=198.51.100.7\ninstance=%s\nrecipient=%s",                   \
+#define RCPT(e, user, inst, rcpt)                                                                  \
+	run(e,                                                                                     \
+	    "protocol_state=RCPT\nsasl_username=%s\nsender=%s@example.org\n"                       \
+	    "client_address=198.51.100.7\ninstance=%s\nrecipient=%s",                              \
 	    user, user, inst, rcpt)
-#define EOM(e, user, inst, count, size)                                                    \
-	run(e, "protocol_state=END-OF-MESSAGE\nsasl_username=%s\nsender=%s@example.org\n"  \
-	       "client_address=198.51.100.7\ninstance=%s\nrecipient_count=%u\nsize=%u",    \
+#define EOM(e, user, inst, count, size)                                                            \
+	run(e,                                                                                     \
+	    "protocol_state=END-OF-MESSAGE\nsasl_username=%s\nsender=%s@example.org\n"             \
+	    "client_address=198.51.100.7\ninstance=%s\nrecipient_count=%u\nsize=%u",               \
 	    user, user, inst, (unsigned)(count), (unsigned)(size))
 
 /* 100/1h: the 100th recipient passes, the 101st is deferred with a retry. */
@@ -320,15 +322,17 @@ static void test_scope(void **state)
 	                        "[limit all]\nkey = client_address\nrate = 2/1h\naction = defer\n"
 	                        "scope = all\n",
 	                        "hooks = rcpt\ntrusted_networks = 192.0.2.0/24");
-	const char *unauth = "protocol_state=RCPT\nsender=x@remote.test\nclient_address=203.0.113.9\n"
-	                     "instance=%s\nrecipient=%s";
+	const char *unauth =
+	    "protocol_state=RCPT\nsender=x@remote.test\nclient_address=203.0.113.9\n"
+	    "instance=%s\nrecipient=%s";
 	assert_int_equal(run(e, unauth, "u", "1@x.test"), ACT_DUNNO);
 	assert_int_equal(run(e, unauth, "u", "2@x.test"), ACT_DUNNO);
 	assert_int_equal(run(e, unauth, "u", "3@x.test"), ACT_DEFER);
 	assert_string_equal(e->x.v.part[e->x.v.winner].rule, "all");
 	/* trusted network: principal is the sender */
-	const char *web = "protocol_state=RCPT\nsender=Form+x@Example.ORG\nclient_address=192.0.2.5\n"
-	                  "instance=%s\nrecipient=%s";
+	const char *web =
+	    "protocol_state=RCPT\nsender=Form+x@Example.ORG\nclient_address=192.0.2.5\n"
+	    "instance=%s\nrecipient=%s";
 	assert_int_equal(run(e, web, "w", "1@x.test"), ACT_DUNNO);
 	assert_string_equal(e->x.principal, "form@example.org");
 	assert_true(e->x.outbound);
@@ -339,10 +343,11 @@ static void test_scope(void **state)
 /* Keys are normalised: case and +ext. */
 static void test_normalisation(void **state)
 {
-	struct env *e = env_new("[limit s]\nkey = sender\nrate = 1/1h\naction = defer\n",
-	                        "hooks = rcpt");
-	assert_int_equal(run(e, "protocol_state=RCPT\nsasl_username=u\nsender=Bob+news@Example.org\n"
-	                        "instance=a\nrecipient=1@x.test"),
+	struct env *e =
+	    env_new("[limit s]\nkey = sender\nrate = 1/1h\naction = defer\n", "hooks = rcpt");
+	assert_int_equal(run(e,
+	                     "protocol_state=RCPT\nsasl_username=u\nsender=Bob+news@Example.org\n"
+	                     "instance=a\nrecipient=1@x.test"),
 	                 ACT_DUNNO);
 	assert_int_equal(run(e, "protocol_state=RCPT\nsasl_username=u\nsender=bob@EXAMPLE.org\n"
 	                        "instance=b\nrecipient=2@x.test"),
@@ -353,11 +358,16 @@ static void test_normalisation(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_window_edge),        cmocka_unit_test(test_several_windows),
-		cmocka_unit_test(test_duplicate_recipient), cmocka_unit_test(test_settlement),
-		cmocka_unit_test(test_messages),           cmocka_unit_test(test_bytes_and_refused_message),
-		cmocka_unit_test(test_overrides),          cmocka_unit_test(test_actions_precedence),
-		cmocka_unit_test(test_scope),              cmocka_unit_test(test_normalisation),
+	    cmocka_unit_test(test_window_edge),
+	    cmocka_unit_test(test_several_windows),
+	    cmocka_unit_test(test_duplicate_recipient),
+	    cmocka_unit_test(test_settlement),
+	    cmocka_unit_test(test_messages),
+	    cmocka_unit_test(test_bytes_and_refused_message),
+	    cmocka_unit_test(test_overrides),
+	    cmocka_unit_test(test_actions_precedence),
+	    cmocka_unit_test(test_scope),
+	    cmocka_unit_test(test_normalisation),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
