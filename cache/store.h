@@ -17,8 +17,15 @@
  *      conform (a non-refusing rule over its limit) is not committed.
  *   4. REFUND and CLEAR ops always apply, refused batch or not.
  *   5. PEEK never changes state.
+ * Ops are evaluated in order, each on the state the ops before it left
+ * (two TAKEs of one key in a batch see each other).  In a refused batch
+ * the TAKE verdicts (conform, window, retry_us) stand, nothing is taken,
+ * and used[] / empty_in_us[] describe the state really left.  REFUND and
+ * CLEAR results say conform = committed = true.
  * The callback gets one result per op, in order.  It may run before
  * store_batch() returns (embedded store) or later from the event loop.
+ * When st != STORE_OK it gets res = NULL, n = 0 (STORE_EINVAL: nothing
+ * was applied).
  *
  * Keys: (rule, subject) names one set of windows.  The windows passed with
  * an op describe how to interpret the state; a subject's windows are
@@ -113,6 +120,8 @@ struct store_memory_opts {
 	const char *state_dir; /* NULL or "": no persistence */
 	uint64_t max_keys;     /* 0: no cap */
 	unsigned flush_ms;     /* journal written at least this often (default 1000) */
+	uint64_t snapshot_bytes; /* journal bytes that trigger a snapshot
+	                          * (0: max(64 MB, 4 x the last snapshot)) */
 };
 
 /*
@@ -122,5 +131,13 @@ struct store_memory_opts {
  */
 struct store *store_memory_open(const struct store_memory_opts *o, int64_t now_us, char *err,
                                 size_t errsz);
+
+/*
+ * Embedded store only: start a snapshot now (normally tick() decides);
+ * 0, or -1 with s->err (one is running, no state_dir, fork failed).
+ */
+int store_memory_snapshot(struct store *s);
+/* Embedded store only: is a snapshot child still running?  (Reaps it.) */
+bool store_memory_snapshot_running(struct store *s);
 
 #endif
