@@ -34,7 +34,7 @@ struct config_ctx {
 	unsigned line;    /* line the reader returned last */
 	unsigned errline; /* first error */
 	char err[256];
-	char section[CONFIG_NAME_MAX + 16];
+	char section[160];
 	struct rule *rule; /* current [limit] section */
 	int mod;           /* current module section, -1 if none */
 	unsigned seen;     /* bitmask of scalar keys seen in the section */
@@ -685,8 +685,11 @@ static int config_handler(void *user, const char *section, const char *name, con
 			config_seterr(x, "'%s': list too long", name);
 			return 0;
 		}
-		snprintf(joined, sizeof(joined), "%s, %s", x->raw, value);
-		snprintf(x->raw, sizeof(x->raw), "%s", joined);
+		size_t rl = strlen(x->raw), vl = strlen(value);
+		memcpy(joined, x->raw, rl);
+		memcpy(joined + rl, ", ", 2);
+		memcpy(joined + rl + 2, value, vl + 1);
+		memcpy(x->raw, joined, rl + vl + 3);
 		if (!strcmp(name, "listen") || !strcmp(name, "trusted_networks"))
 			; /* these append item by item below */
 		else
