@@ -20,6 +20,7 @@
 #include "config.h"
 #include "limit.h"
 #include "log.h"
+#include "module.h"
 #include "server.h"
 
 #ifndef POLICYD_VERSION
@@ -33,6 +34,8 @@ struct app {
 	struct store *store;
 	ev_signal sighup, sigterm, sigint;
 	ev_timer tick;
+	struct module_ctx mctx;
+	size_t nstarted; /* modules started */
 };
 
 static void usage(FILE *fp)
@@ -105,6 +108,10 @@ static void on_hup(struct ev_loop *loop, ev_signal *w, int revents)
 	if (strcmp(c->store, old->store) || strcmp(c->state_dir, old->state_dir))
 		log_warn("store or state_dir changed in %s: restart policyd to apply it", c->path);
 	server_reload(a->srv, c);
+	a->mctx.cfg = c;
+	for (size_t i = 0; i < a->nstarted; i++)
+		if (modules[i]->reload)
+			modules[i]->reload(&a->mctx, c);
 	log_info("event=reload config=%s rules=%zu", c->path, c->nrules);
 }
 
@@ -274,6 +281,24 @@ int main(int argc, char **argv)
 	a.tick.data = &a;
 	ev_timer_start(loop, &a.tick);
 
+	a.mctx.loop = loop;
+	a.mctx.store = a.store;
+	a.mctx.srv = a.srv;
+	a.mctx.cfg = cfg;
+	for (size_t i = 0; modules[i]; i++) {
+		if (modules[i]->start(&a.mctx, err, sizeof(err)) < 0) {
+			log_err("%s: %s", modules[i]->name, err);
+			fprintf(stderr, "policyd: %s: %s\n", modules[i]->name, err);
+			while (a.nstarted-- > 0)
+				if (modules[a.nstarted]->stop)
+					modules[a.nstarted]->stop(&a.mctx);
+			server_free(a.srv);
+			a.store->be->close(a.store);
+			config_free(cfg);
+			return 1;
+		}
+		a.nstarted++;
+	}
 	server_start(a.srv);
 	log_info("event=start version=%s config=%s rules=%zu store=%s pid=%ld", POLICYD_VERSION,
 	         path, cfg->nrules, a.store->be->name, (long)getpid());
@@ -285,6 +310,9 @@ int main(int argc, char **argv)
 	         "warn=%llu",
 	         st->requests, st->bad_requests, st->verdicts[ACT_DEFER], st->verdicts[ACT_HOLD],
 	         st->verdicts[ACT_REJECT], st->verdicts[ACT_WARN]);
+	while (a.nstarted-- > 0)
+		if (modules[a.nstarted]->stop)
+			modules[a.nstarted]->stop(&a.mctx);
 	cfg = server_config(a.srv);
 	char *pid_file = cfg->pid_file ? strdup(cfg->pid_file) : NULL;
 	server_free(a.srv);
