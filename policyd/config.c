@@ -423,6 +423,14 @@ static int config_server(struct config_ctx *x, const char *name, const char *v)
 			return 0;
 		}
 		c->max_keys = n;
+	} else if (!strcmp(name, "user") || !strcmp(name, "group")) {
+		char **dst = name[0] == 'u' ? &c->user : &c->group;
+		if (v[0] == '\0' || strlen(v) > 32) {
+			config_seterr(x, "%s: '%s' is not a user or group name", name, v);
+			return 0;
+		}
+		free(*dst);
+		*dst = config_strdup(v);
 	} else if (!strcmp(name, "socket_mode")) {
 		char *end;
 		unsigned long m = strtoul(v, &end, 8);
@@ -1030,6 +1038,8 @@ void config_free(struct config *c)
 	free(c->store);
 	free(c->state_dir);
 	free(c->pid_file);
+	free(c->user);
+	free(c->group);
 	free(c->log_target);
 	free(c->log_facility);
 	free(c->fallback_action);

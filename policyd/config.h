@@ -73,6 +73,8 @@ struct config {
 	char *store;     /* "memory" */
 	char *state_dir; /* "" = no persistence */
 	char *pid_file;
+	char *user;  /* drop privileges to this user after binding (NULL: stay) */
+	char *group; /* and this group (default: the user's) */
 	char *log_target;   /* stderr | syslog */
 	char *log_facility; /* mail */
 	int log_decisions;  /* 0 none, 1 actions only, 2 all */

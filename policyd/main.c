@@ -3,7 +3,10 @@
  * the event loop, signals (SIGHUP reload, SIGTERM/SIGINT graceful stop),
  * detaching (-d), the pid file, and the store's housekeeping timer.
  */
+#include <dirent.h>
 #include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <ev.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -155,6 +158,57 @@ static int detach(void)
 	return 0;
 }
 
+/* Drop root for cfg->user/group after the listeners are bound; the
+ * state_dir is handed over to that user first. 0 or -1 with err. */
+static int drop_privileges(const struct config *cfg, char *err, size_t errsz)
+{
+	if (cfg->user == NULL)
+		return 0;
+	struct passwd *pw = getpwnam(cfg->user);
+	if (pw == NULL) {
+		snprintf(err, errsz, "user '%s' does not exist", cfg->user);
+		return -1;
+	}
+	gid_t gid = pw->pw_gid;
+	if (cfg->group) {
+		struct group *gr = getgrnam(cfg->group);
+		if (gr == NULL) {
+			snprintf(err, errsz, "group '%s' does not exist", cfg->group);
+			return -1;
+		}
+		gid = gr->gr_gid;
+	}
+	if (getuid() != 0) {
+		if (getuid() == pw->pw_uid)
+			return 0;
+		snprintf(err, errsz, "user = %s needs policyd to start as root", cfg->user);
+		return -1;
+	}
+	if (cfg->state_dir[0] && chown(cfg->state_dir, pw->pw_uid, gid) < 0) {
+		snprintf(err, errsz, "chown %s: %s", cfg->state_dir, strerror(errno));
+		return -1;
+	}
+	/* files the store already created (journal, lock) follow the directory */
+	DIR *d = cfg->state_dir[0] ? opendir(cfg->state_dir) : NULL;
+	if (d) {
+		struct dirent *de;
+		while ((de = readdir(d)) != NULL)
+			if (de->d_name[0] != '.')
+				(void)fchownat(dirfd(d), de->d_name, pw->pw_uid, gid,
+				               AT_SYMLINK_NOFOLLOW);
+		closedir(d);
+	}
+	if (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(pw->pw_uid) < 0) {
+		snprintf(err, errsz, "dropping privileges to %s: %s", cfg->user, strerror(errno));
+		return -1;
+	}
+	if (setuid(0) == 0) {
+		snprintf(err, errsz, "could regain root after dropping privileges");
+		return -1;
+	}
+	return 0;
+}
+
 static void raise_nofile(unsigned want)
 {
 	struct rlimit rl;
@@ -298,6 +352,17 @@ int main(int argc, char **argv)
 			return 1;
 		}
 		a.nstarted++;
+	}
+	if (drop_privileges(cfg, err, sizeof(err)) < 0) {
+		log_err("%s", err);
+		fprintf(stderr, "policyd: %s\n", err);
+		while (a.nstarted-- > 0)
+			if (modules[a.nstarted]->stop)
+				modules[a.nstarted]->stop(&a.mctx);
+		server_free(a.srv);
+		a.store->be->close(a.store);
+		config_free(cfg);
+		return 1;
 	}
 	server_start(a.srv);
 	log_info("event=start version=%s config=%s rules=%zu store=%s pid=%ld", POLICYD_VERSION,
