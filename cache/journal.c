@@ -64,13 +64,44 @@ static const uint32_t journal_crc_table[256] = {
     0x79b737ba, 0x8bdcb4b9, 0x988c474d, 0x6ae7c44e, 0xbe2da0a5, 0x4c4623a6, 0x5f16d052, 0xad7d5351,
 };
 
-uint32_t journal_crc32c(uint32_t crc, const void *p, size_t n)
+static uint32_t journal_crc32c_sw(uint32_t crc, const uint8_t *b, size_t n)
 {
-	const uint8_t *b = p;
-	crc = ~crc;
 	for (size_t i = 0; i < n; i++)
 		crc = journal_crc_table[(crc ^ b[i]) & 0xff] ^ (crc >> 8);
-	return ~crc;
+	return crc;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* SSE4.2 has a CRC32C instruction: 8 bytes a cycle instead of 1 a table
+ * look-up.  Chosen at run time, so the binary still runs without it. */
+__attribute__((target("sse4.2"))) static uint32_t journal_crc32c_hw(uint32_t crc, const uint8_t *b,
+                                                                    size_t n)
+{
+	uint64_t c = crc;
+	while (n >= 8) {
+		uint64_t v;
+		memcpy(&v, b, 8);
+		c = __builtin_ia32_crc32di(c, v);
+		b += 8;
+		n -= 8;
+	}
+	crc = (uint32_t)c;
+	while (n--)
+		crc = __builtin_ia32_crc32qi(crc, *b++);
+	return crc;
+}
+#endif
+
+uint32_t journal_crc32c(uint32_t crc, const void *p, size_t n)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+	static int hw = -1;
+	if (hw < 0)
+		hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+	if (hw)
+		return ~journal_crc32c_hw(~crc, p, n);
+#endif
+	return ~journal_crc32c_sw(~crc, p, n);
 }
 
 static void journal_put16(uint8_t *p, uint16_t v)
