@@ -34,12 +34,35 @@ const char *key_type_name(enum key_type t)
 	return t < KEY__COUNT ? key_names[t] : "?";
 }
 
+/* A dotted quad in canonical form (no leading zeros): the common case,
+ * parsed without inet_pton. 1 when it is one. */
+static int key_fast_ipv4(const char *s, uint8_t out[4])
+{
+	for (int i = 0; i < 4; i++) {
+		unsigned v = 0, n = 0;
+		while (*s >= '0' && *s <= '9' && n < 4) {
+			v = v * 10 + (unsigned)(*s++ - '0');
+			n++;
+		}
+		if (n == 0 || n > 3 || v > 255 || (n > 1 && s[-(int)n] == '0'))
+			return 0;
+		out[i] = (uint8_t)v;
+		if (i < 3 && *s++ != '.')
+			return 0;
+	}
+	return *s == '\0';
+}
+
 /* Parse addr into family + 16 bytes; IPv4-mapped IPv6 becomes IPv4. */
 static int key_parse_ip(const char *addr, int *family, uint8_t out[16])
 {
 	struct in6_addr a6;
 
 	memset(out, 0, 16);
+	if (key_fast_ipv4(addr, out)) {
+		*family = AF_INET;
+		return 0;
+	}
 	if (inet_pton(AF_INET, addr, out) == 1) {
 		*family = AF_INET;
 		return 0;
@@ -168,12 +191,32 @@ size_t key_norm_domain(char *out, size_t outsz, const char *addr)
 	return n;
 }
 
+/* "a.b.c.d" written without snprintf */
+static size_t key_fmt_ipv4(char *out, const uint8_t a[4])
+{
+	size_t n = 0;
+	for (int i = 0; i < 4; i++) {
+		unsigned v = a[i];
+		if (v >= 100)
+			out[n++] = (char)('0' + v / 100);
+		if (v >= 10)
+			out[n++] = (char)('0' + v / 10 % 10);
+		out[n++] = (char)('0' + v % 10);
+		if (i < 3)
+			out[n++] = '.';
+	}
+	out[n] = '\0';
+	return n;
+}
+
 size_t key_norm_ip(char *out, size_t outsz, const char *addr)
 {
 	uint8_t a[16];
 	int fam;
 	if (outsz < INET6_ADDRSTRLEN || key_parse_ip(addr, &fam, a) < 0)
 		return 0;
+	if (fam == AF_INET)
+		return key_fmt_ipv4(out, a);
 	if (inet_ntop(fam, a, out, (socklen_t)outsz) == NULL)
 		return 0;
 	return strlen(out);
@@ -188,6 +231,18 @@ size_t key_norm_net(char *out, size_t outsz, const char *addr, unsigned prefix4,
 		return 0;
 	unsigned p = fam == AF_INET ? prefix4 : prefix6;
 	key_mask(a, p, fam == AF_INET ? 4 : 16);
+	if (fam == AF_INET) {
+		size_t n = key_fmt_ipv4(txt, a);
+		if (outsz < n + 5)
+			return 0;
+		memcpy(out, txt, n);
+		out[n++] = '/';
+		if (p >= 10)
+			out[n++] = (char)('0' + p / 10);
+		out[n++] = (char)('0' + p % 10);
+		out[n] = '\0';
+		return n;
+	}
 	if (inet_ntop(fam, a, txt, sizeof(txt)) == NULL)
 		return 0;
 	int n = snprintf(out, outsz, "%s/%u", txt, p);

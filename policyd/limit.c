@@ -34,6 +34,16 @@ static bool limit_refusing(const struct rule *r)
 	return !r->dry_run && (r->action == ACT_DEFER || r->action == ACT_REJECT);
 }
 
+static size_t limit_copy(char *out, size_t outsz, const char *s)
+{
+	size_t n = strlen(s);
+	if (n >= outsz)
+		n = outsz - 1;
+	memcpy(out, s, n);
+	out[n] = '\0';
+	return n;
+}
+
 size_t limit_subject(const struct pipeline_ctx *x, const struct rule *r, char *out, size_t outsz)
 {
 	const struct proto_request *q = x->req;
@@ -43,19 +53,19 @@ size_t limit_subject(const struct pipeline_ctx *x, const struct rule *r, char *o
 	switch (r->key) {
 	case KEY_SASL_USERNAME:
 		if (x->pkind == PRINCIPAL_SASL)
-			n = (size_t)snprintf(out, outsz, "%s", x->principal);
+			n = limit_copy(out, outsz, x->principal);
 		break;
 	case KEY_PRINCIPAL:
-		n = (size_t)snprintf(out, outsz, "%s", x->principal);
+		n = limit_copy(out, outsz, x->principal);
 		break;
 	case KEY_SENDER:
-		n = (size_t)snprintf(out, outsz, "%s", x->sender);
+		n = limit_copy(out, outsz, x->sender);
 		break;
 	case KEY_SENDER_DOMAIN:
 		n = key_norm_domain(out, outsz, proto_get(q, PROTO_A_SENDER));
 		break;
 	case KEY_CLIENT_ADDRESS:
-		n = (size_t)snprintf(out, outsz, "%s", x->client);
+		n = limit_copy(out, outsz, x->client);
 		break;
 	case KEY_CLIENT_NETWORK:
 		n = key_norm_net(out, outsz, x->client, r->prefix4, r->prefix6);
