@@ -22,7 +22,8 @@ esac
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
 build=$top/build-fuzz
-targets="fuzz_request fuzz_reply"
+# every tests/fuzz/fuzz_*.c is a target (tests/fuzz/meson.build builds each)
+targets=$(cd "$top/tests/fuzz" && ls fuzz_*.c | sed 's/\.c$//')
 
 if [ ! -f "$build/build.ninja" ]; then
 	(cd "$top" && CC=clang meson setup build-fuzz -Dfuzz=true >/dev/null)
