@@ -20,8 +20,11 @@
 
 #include "journal.h"
 
-#define JOURNAL_REC_KEY 1
-#define JOURNAL_REC_END 2
+#define JOURNAL_REC_KEY  1
+#define JOURNAL_REC_END  2
+#define JOURNAL_REC_BLOB 3
+
+#define JOURNAL_BLOB_DELETED 1
 
 static const char journal_magic[2][8] = {
     {'P', 'D', 'J', 'O', 'U', 'R', 'N', 'L'},
@@ -161,8 +164,36 @@ static size_t journal_frame(uint8_t *out, size_t plen)
 	return 8 + plen;
 }
 
+static size_t journal_encode_blob(uint8_t *out, size_t cap, const struct journal_rec *r)
+{
+	size_t vlen = r->deleted ? 0 : r->vlen;
+	if (r->rlen == 0 || r->rlen + r->slen > STORE_MAX_KEY || vlen > STORE_MAX_VALUE ||
+	    (vlen > 0 && r->val == NULL))
+		return 0;
+	size_t plen = 24 + r->rlen + r->slen + vlen;
+	if (cap < 8 + plen)
+		return 0;
+	uint8_t *p = out + 8;
+	p[0] = JOURNAL_REC_BLOB;
+	p[1] = r->deleted ? JOURNAL_BLOB_DELETED : 0;
+	journal_put16(p + 2, (uint16_t)r->rlen);
+	journal_put16(p + 4, (uint16_t)r->slen);
+	journal_put16(p + 6, 0);
+	journal_put32(p + 8, (uint32_t)vlen);
+	journal_put32(p + 12, 0);
+	journal_put64(p + 16, r->deleted ? 0 : (uint64_t)r->expires_us);
+	p += 24;
+	memcpy(p, r->rule, r->rlen);
+	memcpy(p + r->rlen, r->subj, r->slen);
+	if (vlen)
+		memcpy(p + r->rlen + r->slen, r->val, vlen);
+	return journal_frame(out, plen);
+}
+
 size_t journal_encode(uint8_t *out, size_t cap, const struct journal_rec *r)
 {
+	if (r->blob)
+		return journal_encode_blob(out, cap, r);
 	if (r->nwin > STORE_MAX_WINDOWS || r->rlen == 0 || r->rlen + r->slen > STORE_MAX_KEY)
 		return 0;
 	size_t plen = 8 + 16 * (size_t)r->nwin + r->rlen + r->slen;
@@ -213,6 +244,35 @@ static bool journal_decode(const uint8_t *p, size_t plen, struct journal_rec *r)
 	}
 	r->rule = (const char *)q;
 	r->subj = (const char *)q + r->rlen;
+	if (memchr(r->rule, 0, r->rlen) || memchr(r->subj, 0, r->slen))
+		return false;
+	r->blob = r->deleted = false;
+	r->val = NULL;
+	r->vlen = 0;
+	r->expires_us = 0;
+	return true;
+}
+
+/* Decode a blob record's payload; false if it is malformed. */
+static bool journal_decode_blob(const uint8_t *p, size_t plen, struct journal_rec *r)
+{
+	if (plen < 24 || p[0] != JOURNAL_REC_BLOB || (p[1] & ~JOURNAL_BLOB_DELETED) ||
+	    journal_get16(p + 6) != 0 || journal_get32(p + 12) != 0)
+		return false;
+	memset(r, 0, sizeof(*r));
+	r->blob = true;
+	r->deleted = p[1] & JOURNAL_BLOB_DELETED;
+	r->rlen = journal_get16(p + 2);
+	r->slen = journal_get16(p + 4);
+	r->vlen = journal_get32(p + 8);
+	r->expires_us = (int64_t)journal_get64(p + 16);
+	if (r->rlen == 0 || r->rlen + r->slen > STORE_MAX_KEY || r->vlen > STORE_MAX_VALUE ||
+	    (r->deleted && (r->vlen || r->expires_us)) || r->expires_us < 0 ||
+	    plen != 24 + r->rlen + r->slen + r->vlen)
+		return false;
+	r->rule = (const char *)p + 24;
+	r->subj = r->rule + r->rlen;
+	r->val = r->vlen ? (const void *)(r->subj + r->slen) : NULL;
 	if (memchr(r->rule, 0, r->rlen) || memchr(r->subj, 0, r->slen))
 		return false;
 	return true;
@@ -268,11 +328,13 @@ static int journal_parse(const uint8_t *m, size_t size, const char *dir, const c
 		snprintf(err, errsz, "%s/%s: bad magic at offset 0", dir, name);
 		return -1;
 	}
-	if (journal_get32(m + 8) != JOURNAL_VERSION) {
+	uint32_t version = journal_get32(m + 8);
+	if (version < JOURNAL_VERSION_MIN || version > JOURNAL_VERSION) {
 		snprintf(err, errsz, "%s/%s: unsupported version %" PRIu32 " at offset 8", dir,
-		         name, journal_get32(m + 8));
+		         name, version);
 		return -1;
 	}
+	info->version = version;
 	info->gen = journal_get64(m + 16);
 
 	size_t off = JOURNAL_HDR_SIZE;
@@ -282,7 +344,10 @@ static int journal_parse(const uint8_t *m, size_t size, const char *dir, const c
 		size_t plen = 0;
 		int fr = journal_frame_at(m, size, off, &pl, &plen);
 		struct journal_rec r;
-		if (fr == 1 && !ended && pl[0] == JOURNAL_REC_KEY && journal_decode(pl, plen, &r)) {
+		if (fr == 1 && !ended &&
+		    ((pl[0] == JOURNAL_REC_KEY && journal_decode(pl, plen, &r)) ||
+		     (pl[0] == JOURNAL_REC_BLOB && version >= 2 &&
+		      journal_decode_blob(pl, plen, &r)))) {
 			info->records++;
 			if (cb(arg, &r) != 0)
 				return -1;

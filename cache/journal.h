@@ -11,7 +11,15 @@
  * u16 subject length, u16 0, nwin x (i64 tat.us, u64 tat.rem), the rule
  * name, the subject (no NULs).  Records are absolute: the last one for a
  * key wins, and nwin = 0 says the key is gone.  A snapshot ends with an
- * end record (type 2): u8 type, 7 zero bytes, u64 count of key records.
+ * end record (type 2): u8 type, 7 zero bytes, u64 count of key and blob
+ * records.
+ *
+ * Payload of a blob record (type 3, version 2 files): u8 type, u8 flags
+ * (1: deleted), u16 namespace length, u16 subject length, u16 0, u32 value
+ * length, u32 0, i64 expiry (µs since the epoch, 0: never), the namespace
+ * ("@flag", ...), the subject, the value (any bytes).  Absolute as well:
+ * the last record of a (namespace, subject) wins; a deleted one has no
+ * value.  Version 1 files (key records only) still load.
  */
 #ifndef CACHE_JOURNAL_H
 #define CACHE_JOURNAL_H
@@ -23,10 +31,15 @@
 #include "gcra.h"
 #include "store.h"
 
-#define JOURNAL_VERSION  1
-#define JOURNAL_HDR_SIZE 24
+#define JOURNAL_VERSION     2 /* written */
+#define JOURNAL_VERSION_MIN 1 /* still read */
+#define JOURNAL_HDR_SIZE    24
 /* frame + largest key record */
-#define JOURNAL_REC_MAX (8 + 8 + 16 * STORE_MAX_WINDOWS + STORE_MAX_KEY)
+#define JOURNAL_KEY_REC_MAX (8 + 8 + 16 * STORE_MAX_WINDOWS + STORE_MAX_KEY)
+/* frame + largest blob record */
+#define JOURNAL_BLOB_REC_MAX (8 + 24 + STORE_MAX_KEY + STORE_MAX_VALUE)
+#define JOURNAL_REC_MAX                                                                            \
+	(JOURNAL_BLOB_REC_MAX > JOURNAL_KEY_REC_MAX ? JOURNAL_BLOB_REC_MAX : JOURNAL_KEY_REC_MAX)
 
 enum journal_kind {
 	JOURNAL_LOG = 0,  /* journal.<gen>: torn tail tolerated */
@@ -34,21 +47,28 @@ enum journal_kind {
 };
 
 struct journal_rec {
-	const char *rule; /* not NUL-terminated when read from a file */
+	const char *rule; /* not NUL-terminated when read from a file; a namespace for a blob */
 	size_t rlen;
 	const char *subj;
 	size_t slen;
 	unsigned nwin;
 	struct gcra_tat tat[STORE_MAX_WINDOWS];
+	/* blob records (type 3) */
+	bool blob;
+	bool deleted;
+	const void *val;
+	size_t vlen;
+	int64_t expires_us; /* 0: never */
 };
 
-/* Called per key record; nonzero stops the load (err is then the caller's). */
+/* Called per key or blob record; nonzero stops the load (err is then the caller's). */
 typedef int journal_rec_cb(void *arg, const struct journal_rec *r);
 
 struct journal_info {
 	uint64_t gen;      /* from the header */
 	uint64_t size;     /* file size in bytes */
-	uint64_t records;  /* key records read */
+	uint64_t records;  /* key and blob records read */
+	uint32_t version;  /* from the header */
 	bool torn;         /* a torn tail was ignored */
 	uint64_t torn_off; /* where */
 };

@@ -50,7 +50,16 @@ enum store_op_kind {
 	STORE_PEEK,     /* would cost units conform? never changes state */
 	STORE_REFUND,   /* give back cost units */
 	STORE_CLEAR,    /* forget the key (all windows empty) */
+	/* Key-value blobs (flags, profiles, outbox): `rule` is a namespace that
+	 * starts with '@' ("@flag", "@profile", ...) so it never meets a rule
+	 * name; `subject` is the key inside it.  They never refuse a batch and
+	 * apply whether the batch is refused or not, in order with the others. */
+	STORE_GET,      /* result.val/vlen: the blob, or vlen 0 + found false */
+	STORE_PUT,      /* set val/vlen (<= STORE_MAX_VALUE), expiring after ttl_us (0: never) */
+	STORE_DEL,      /* remove it */
 };
+
+#define STORE_MAX_VALUE 8192 /* bytes of one blob */
 
 struct store_op {
 	enum store_op_kind kind;
@@ -60,6 +69,10 @@ struct store_op {
 	uint64_t cost;
 	uint8_t nwin;
 	struct gcra_window win[STORE_MAX_WINDOWS];
+	/* STORE_PUT */
+	const void *val;
+	size_t vlen;
+	uint64_t ttl_us;
 };
 
 struct store_result {
@@ -69,6 +82,10 @@ struct store_result {
 	uint64_t retry_us; /* when non-conforming: until it would conform */
 	uint64_t used[STORE_MAX_WINDOWS];     /* units in use after the op */
 	uint64_t empty_in_us[STORE_MAX_WINDOWS]; /* until that window is empty */
+	/* STORE_GET: the blob, valid only during the callback */
+	bool found;
+	const void *val;
+	size_t vlen;
 };
 
 enum store_status {
@@ -101,6 +118,17 @@ struct store_backend {
 	/* Housekeeping from a periodic timer: eviction, journal writes. */
 	void (*tick)(struct store *s, int64_t now_us);
 	void (*stats)(struct store *s, struct store_stats *out);
+	/*
+	 * Enumerate the keys of one namespace or rule (admin commands: flagged
+	 * accounts, top senders): cb once per key with the subject and, for
+	 * a rule, the op results of a PEEK of cost 0 with the given windows;
+	 * for a namespace, the blob.  cb returns false to stop.  Then done(arg)
+	 * (may be called before list() returns).  May be NULL: not supported.
+	 */
+	int (*list)(struct store *s, const char *rule_or_ns, const struct gcra_window *win,
+	            uint8_t nwin, int64_t now_us,
+	            bool (*cb)(void *arg, const char *subject, const struct store_result *res),
+	            void (*done)(void *arg, enum store_status st), void *arg);
 	void (*close)(struct store *s);
 };
 

@@ -20,6 +20,15 @@
  * A key is a (rule, subject) block; max_keys caps them, evicting by
  * sampling 5 slots and dropping the block that empties soonest.
  *
+ * Blobs (STORE_GET/PUT/DEL: flags, profiles, the hook outbox) live in a
+ * second table of the same kind, one malloc per (namespace, subject)
+ * holding the subject and the value (at most STORE_MAX_VALUE bytes), with
+ * an absolute expiry (0: never).  An expired blob is gone for GET and
+ * list() at once and freed by the sweep; max_keys never evicts a blob.
+ * A GET's value points into the blob: blobs that a batch replaces or
+ * deletes are freed only after its callback returns.  list() copies what
+ * it enumerates first, so its callback may run batches.
+ *
  * Persistence (journal.h has the format).  Each committed change appends
  * an absolute record to a memory buffer; tick() writes it to
  * journal.<gen> so that no record waits more than flush_ms (it expects
@@ -76,6 +85,7 @@
 #define SM_SNAP_TMP      "snapshot.tmp"
 #define SM_LOCK_NAME     "lock"
 #define SM_JOURNAL_PFX   "journal."
+#define SM_BLOB_SALT     0x9e3779b97f4a7c15ULL
 
 struct sm_entry {
 	uint16_t slen;  /* subject length */
@@ -89,6 +99,15 @@ struct sm_dir {
 	uint16_t rule;
 	uint8_t nwin;
 	uint8_t spare;
+};
+
+/* A blob: the subject then the value, inline. */
+struct sm_blob {
+	int64_t expires; /* µs since the epoch, 0: never */
+	uint32_t vlen;
+	uint16_t ns;   /* interned namespace ("@flag", ...) */
+	uint16_t slen; /* subject length */
+	               /* char subject[slen + 1]; uint8_t value[vlen] */
 };
 
 struct sm_rules {
@@ -113,6 +132,12 @@ struct sm_store {
 	uint64_t bytes; /* entry allocations, approximate */
 	uint64_t max_keys;
 	struct sm_rules rules;
+	/* blobs: open addressing like ent/hv */
+	struct sm_blob **bent;
+	uint32_t *bhv;
+	size_t bcap, bmask, nblob;
+	size_t bsweep_pos;
+	uint64_t bbytes;
 	struct store_stats st;
 	int64_t now; /* latest time seen */
 
@@ -541,6 +566,19 @@ static int sm_rule_grow_map(struct sm_rules *R, const uint64_t key[2])
 	return 0;
 }
 
+/* Index of a known rule name, -1 if unknown. */
+static int sm_rule_find(struct sm_store *s, const char *name, size_t len)
+{
+	struct sm_rules *R = &s->rules;
+	uint64_t h = sm_siphash(s->key, name, len);
+	for (size_t i = h & (R->mapcap - 1); R->map[i]; i = (i + 1) & (R->mapcap - 1)) {
+		size_t r = R->map[i] - 1u;
+		if (R->len[r] == len && memcmp(R->name[r], name, len) == 0)
+			return (int)r;
+	}
+	return -1;
+}
+
 /* Index of a rule name, added if new; -1 when full or out of memory. */
 static int sm_rule_intern(struct sm_store *s, const char *name, size_t len)
 {
@@ -588,11 +626,9 @@ static int sm_rule_intern(struct sm_store *s, const char *name, size_t len)
 
 /* ---- journal buffer ---- */
 
-static void sm_jrec(struct sm_store *s, uint16_t rule, const char *subj, size_t slen,
-                    const struct gcra_tat *tat, unsigned nwin)
+/* Append one record to the journal buffer (a lost one forces a snapshot). */
+static void sm_jappend(struct sm_store *s, const struct journal_rec *r)
 {
-	if (!s->persist)
-		return;
 	if (s->jcap - s->jlen < JOURNAL_REC_MAX) {
 		size_t ncap = s->jcap ? s->jcap * 2 : SM_JBUF_INIT;
 		uint8_t *nb = realloc(s->jbuf, ncap);
@@ -604,6 +640,14 @@ static void sm_jrec(struct sm_store *s, uint16_t rule, const char *subj, size_t 
 		s->jbuf = nb;
 		s->jcap = ncap;
 	}
+	s->jlen += journal_encode(s->jbuf + s->jlen, s->jcap - s->jlen, r);
+}
+
+static void sm_jrec(struct sm_store *s, uint16_t rule, const char *subj, size_t slen,
+                    const struct gcra_tat *tat, unsigned nwin)
+{
+	if (!s->persist)
+		return;
 	struct journal_rec r = {
 	    .rule = s->rules.name[rule],
 	    .rlen = s->rules.len[rule],
@@ -613,7 +657,26 @@ static void sm_jrec(struct sm_store *s, uint16_t rule, const char *subj, size_t 
 	};
 	if (nwin > 0)
 		memcpy(r.tat, tat, nwin * sizeof(*tat));
-	s->jlen += journal_encode(s->jbuf + s->jlen, s->jcap - s->jlen, &r);
+	sm_jappend(s, &r);
+}
+
+static void sm_jblob(struct sm_store *s, uint16_t ns, const char *subj, size_t slen,
+                     const void *val, size_t vlen, int64_t expires, bool deleted)
+{
+	if (!s->persist)
+		return;
+	struct journal_rec r = {
+	    .rule = s->rules.name[ns],
+	    .rlen = s->rules.len[ns],
+	    .subj = subj,
+	    .slen = slen,
+	    .blob = true,
+	    .deleted = deleted,
+	    .val = deleted ? NULL : val,
+	    .vlen = deleted ? 0 : vlen,
+	    .expires_us = deleted ? 0 : expires,
+	};
+	sm_jappend(s, &r);
 }
 
 /* Write the buffer to the current journal; on failure keep it for the next try. */
@@ -789,6 +852,252 @@ static void sm_load_work(struct sm_store *s, struct sm_work *w, int64_t now)
 	memcpy(w->cur, w->orig, sizeof(w->cur));
 }
 
+/* ---- blobs ---- */
+
+/* Blobs replaced or deleted by a batch: freed after its callback. */
+struct sm_dead {
+	struct sm_blob *b[STORE_MAX_BATCH];
+	size_t n;
+};
+
+static bool sm_is_kv(enum store_op_kind k)
+{
+	return k == STORE_GET || k == STORE_PUT || k == STORE_DEL;
+}
+
+static char *sm_bsubj(struct sm_blob *b)
+{
+	return (char *)(b + 1);
+}
+
+static uint8_t *sm_bval(struct sm_blob *b)
+{
+	return (uint8_t *)(b + 1) + b->slen + 1;
+}
+
+static size_t sm_blob_size(size_t slen, size_t vlen)
+{
+	return sizeof(struct sm_blob) + slen + 1 + vlen;
+}
+
+static bool sm_blob_live(const struct sm_blob *b, int64_t now)
+{
+	return b->expires == 0 || b->expires > now;
+}
+
+static uint64_t sm_bhash(struct sm_store *s, uint16_t ns, const char *subj, size_t slen)
+{
+	return sm_siphash(s->key, subj, slen) ^ ((uint64_t)ns + 1u) * SM_BLOB_SALT;
+}
+
+static size_t sm_bfind(struct sm_store *s, uint16_t ns, uint64_t h, const char *subj, size_t slen)
+{
+	if (s->bcap == 0)
+		return SM_NONE;
+	uint32_t hv = sm_hv(h);
+	for (size_t i = hv & s->bmask;; i = (i + 1) & s->bmask) {
+		if (s->bhv[i] == 0)
+			return SM_NONE;
+		if (s->bhv[i] != hv)
+			continue;
+		struct sm_blob *b = s->bent[i];
+		if (b->ns == ns && b->slen == slen && memcmp(sm_bsubj(b), subj, slen) == 0)
+			return i;
+	}
+}
+
+static int sm_bresize(struct sm_store *s, size_t ncap)
+{
+	struct sm_blob **ne = calloc(ncap, sizeof(*ne));
+	uint32_t *nh = calloc(ncap, sizeof(*nh));
+	if (ne == NULL || nh == NULL) {
+		free(ne);
+		free(nh);
+		return -1;
+	}
+	size_t nmask = ncap - 1;
+	for (size_t i = 0; i < s->bcap; i++) {
+		if (s->bhv[i] == 0)
+			continue;
+		size_t j = s->bhv[i] & nmask;
+		while (nh[j])
+			j = (j + 1) & nmask;
+		ne[j] = s->bent[i];
+		nh[j] = s->bhv[i];
+	}
+	free(s->bent);
+	free(s->bhv);
+	s->bent = ne;
+	s->bhv = nh;
+	s->bcap = ncap;
+	s->bmask = nmask;
+	s->bsweep_pos &= nmask;
+	return 0;
+}
+
+/* Remove slot i from the blob table (the blob is the caller's): backward shift. */
+static void sm_bdel_slot(struct sm_store *s, size_t i)
+{
+	size_t j = i;
+	for (;;) {
+		j = (j + 1) & s->bmask;
+		if (s->bhv[j] == 0)
+			break;
+		size_t k = s->bhv[j] & s->bmask;
+		bool stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
+		if (stays)
+			continue;
+		s->bent[i] = s->bent[j];
+		s->bhv[i] = s->bhv[j];
+		i = j;
+	}
+	s->bent[i] = NULL;
+	s->bhv[i] = 0;
+	s->nblob--;
+}
+
+/* Free a blob now, or after the batch's callback when dead is given. */
+static void sm_blob_release(struct sm_store *s, struct sm_blob *b, struct sm_dead *dead)
+{
+	s->bbytes -= sm_chunk(sm_blob_size(b->slen, b->vlen));
+	if (dead && dead->n < STORE_MAX_BATCH)
+		dead->b[dead->n++] = b;
+	else
+		free(b);
+}
+
+static void sm_dead_free(struct sm_dead *dead)
+{
+	for (size_t i = 0; i < dead->n; i++)
+		free(dead->b[i]);
+	dead->n = 0;
+}
+
+static void sm_bdrop(struct sm_store *s, size_t i, struct sm_dead *dead)
+{
+	struct sm_blob *b = s->bent[i];
+	sm_bdel_slot(s, i);
+	sm_blob_release(s, b, dead);
+}
+
+/* Set (ns, subject) to val[0..vlen); -1 when out of memory (nothing changed). */
+static int sm_bput(struct sm_store *s, uint16_t ns, const char *subj, size_t slen, uint64_t h,
+                   const void *val, size_t vlen, int64_t expires, struct sm_dead *dead)
+{
+	size_t sz = sm_blob_size(slen, vlen);
+	struct sm_blob *b = malloc(sz);
+	if (b == NULL)
+		return -1;
+	b->expires = expires;
+	b->vlen = (uint32_t)vlen;
+	b->ns = ns;
+	b->slen = (uint16_t)slen;
+	memcpy(sm_bsubj(b), subj, slen);
+	sm_bsubj(b)[slen] = '\0';
+	if (vlen)
+		memcpy(sm_bval(b), val, vlen);
+	size_t i = sm_bfind(s, ns, h, subj, slen);
+	if (i != SM_NONE) {
+		sm_blob_release(s, s->bent[i], dead);
+		s->bent[i] = b;
+	} else {
+		if (s->bcap == 0 || (s->nblob + 1) * 4 > s->bcap * 3) {
+			size_t ncap = s->bcap ? s->bcap * 2 : SM_MIN_CAP;
+			if ((ncap > SM_MAX_CAP || sm_bresize(s, ncap) < 0) &&
+			    (s->bcap == 0 || s->nblob + 1 >= s->bcap)) {
+				free(b);
+				return -1;
+			}
+		}
+		i = sm_hv(h) & s->bmask;
+		while (s->bhv[i])
+			i = (i + 1) & s->bmask;
+		s->bent[i] = b;
+		s->bhv[i] = sm_hv(h);
+		s->nblob++;
+	}
+	s->bbytes += sm_chunk(sz);
+	return 0;
+}
+
+/* One GET, PUT or DEL of a batch, applied at once (they never refuse). */
+static enum store_status sm_kv_apply(struct sm_store *s, const struct store_op *op, uint16_t ns,
+                                     int64_t now, struct store_result *r, struct sm_dead *dead)
+{
+	const char *subj = op->subject;
+	size_t slen = strlen(subj);
+	uint64_t h = sm_bhash(s, ns, subj, slen);
+	size_t i = sm_bfind(s, ns, h, subj, slen);
+
+	r->conform = true;
+	r->window = -1;
+	if (i != SM_NONE && !sm_blob_live(s->bent[i], now)) {
+		sm_bdrop(s, i, dead); /* its record expires on load as well */
+		i = SM_NONE;
+	}
+	r->found = i != SM_NONE;
+	switch (op->kind) {
+	case STORE_GET:
+		if (i != SM_NONE) {
+			r->val = sm_bval(s->bent[i]);
+			r->vlen = s->bent[i]->vlen;
+		}
+		break;
+	case STORE_PUT: {
+		int64_t exp = 0;
+		if (op->ttl_us)
+			exp = now > 0 && op->ttl_us > (uint64_t)(INT64_MAX - now)
+			          ? INT64_MAX
+			          : now + (int64_t)op->ttl_us;
+		if (sm_bput(s, ns, subj, slen, h, op->val, op->vlen, exp, dead) < 0) {
+			snprintf(s->pub.err, sizeof(s->pub.err), "out of memory storing %s %s",
+			         op->rule, subj);
+			return STORE_EINTERNAL;
+		}
+		sm_jblob(s, ns, subj, slen, op->val, op->vlen, exp, false);
+		r->committed = true;
+		break;
+	}
+	case STORE_DEL:
+		if (i != SM_NONE) {
+			sm_bdrop(s, i, dead);
+			sm_jblob(s, ns, subj, slen, NULL, 0, 0, true);
+		}
+		r->committed = true;
+		break;
+	case STORE_TAKE:
+	case STORE_PEEK:
+	case STORE_REFUND:
+	case STORE_CLEAR:
+		break; /* sm_apply() */
+	}
+	return STORE_OK;
+}
+
+/* Drop expired blobs: 1/50 of the table per tick, like sm_sweep(). */
+static void sm_bsweep(struct sm_store *s, int64_t now)
+{
+	if (s->bcap == 0)
+		return;
+	size_t budget = s->bcap / SM_SWEEP_DIV;
+	if (budget < SM_MIN_CAP)
+		budget = SM_MIN_CAP;
+	if (budget > s->bcap)
+		budget = s->bcap;
+	size_t i = s->bsweep_pos & s->bmask;
+	while (budget-- > 0) {
+		if (s->bhv[i] && !sm_blob_live(s->bent[i], now)) {
+			sm_bdrop(s, i, NULL);
+			s->st.evicted++;
+			continue; /* look at whatever shifted into slot i */
+		}
+		i = (i + 1) & s->bmask;
+	}
+	s->bsweep_pos = i;
+	if (s->bcap > SM_MIN_CAP && s->nblob * 8 < s->bcap)
+		(void)sm_bresize(s, s->bcap / 2);
+}
+
 /* ---- batches ---- */
 
 static int sm_check(struct sm_store *s, const struct store_op *ops, size_t n)
@@ -801,7 +1110,7 @@ static int sm_check(struct sm_store *s, const struct store_op *ops, size_t n)
 	}
 	for (size_t i = 0; i < n; i++) {
 		const struct store_op *op = &ops[i];
-		if ((unsigned)op->kind > STORE_CLEAR) {
+		if ((unsigned)op->kind > STORE_DEL) {
 			snprintf(err, errsz, "op %zu: bad kind %d", i, (int)op->kind);
 			return -1;
 		}
@@ -815,6 +1124,23 @@ static int sm_check(struct sm_store *s, const struct store_op *ops, size_t n)
 			snprintf(err, errsz, "op %zu: rule + subject of %zu bytes (1..%d)", i,
 			         rlen + slen, STORE_MAX_KEY);
 			return -1;
+		}
+		bool kv = sm_is_kv(op->kind);
+		if (kv != (op->rule[0] == '@')) {
+			snprintf(err, errsz, "op %zu: '%s' %s", i, op->rule,
+			         kv ? "is not a namespace (key-value ops need '@name')"
+			            : "is a namespace (rate ops need a rule name without '@')");
+			return -1;
+		}
+		if (kv) {
+			if (op->kind == STORE_PUT &&
+			    (op->vlen > STORE_MAX_VALUE || (op->vlen > 0 && op->val == NULL))) {
+				snprintf(err, errsz,
+				         "op %zu: value of %zu bytes for %s %s (max %d)", i,
+				         op->vlen, op->rule, op->subject, STORE_MAX_VALUE);
+				return -1;
+			}
+			continue;
 		}
 		if (op->nwin > STORE_MAX_WINDOWS) {
 			snprintf(err, errsz, "op %zu: %u windows (max %d)", i, op->nwin,
@@ -885,6 +1211,10 @@ static bool sm_apply(const struct store_op *op, struct sm_work *w, int64_t now,
 		r->window = -1;
 		r->retry_us = 0;
 		break;
+	case STORE_GET:
+	case STORE_PUT:
+	case STORE_DEL:
+		return false; /* sm_kv_apply() */
 	}
 	for (unsigned k = 0; k < STORE_MAX_WINDOWS; k++) {
 		bool have = k < op->nwin && op->kind != STORE_CLEAR;
@@ -901,6 +1231,8 @@ static int sm_batch(struct store *pub, const struct store_op *ops, size_t n, int
 	struct store_result res[STORE_MAX_BATCH];
 	struct sm_work w[STORE_MAX_BATCH];
 	uint8_t wi[STORE_MAX_BATCH];
+	uint16_t ns[STORE_MAX_BATCH];
+	struct sm_dead dead;
 	size_t nw = 0;
 
 	if (cb == NULL) {
@@ -915,6 +1247,7 @@ static int sm_batch(struct store *pub, const struct store_op *ops, size_t n, int
 		cb(arg, STORE_EINVAL, NULL, 0);
 		return 0;
 	}
+	memset(res, 0, (n ? n : 1) * sizeof(res[0])); /* res[0]: gcc sees it set when n == 0 */
 	for (size_t i = 0; i < n; i++) {
 		int rule = sm_rule_intern(s, ops[i].rule, strlen(ops[i].rule));
 		if (rule < 0) {
@@ -924,6 +1257,10 @@ static int sm_batch(struct store *pub, const struct store_op *ops, size_t n, int
 			cb(arg, STORE_EINTERNAL, NULL, 0);
 			return 0;
 		}
+		wi[i] = 0;
+		ns[i] = (uint16_t)rule;
+		if (sm_is_kv(ops[i].kind))
+			continue;
 		const char *subj = ops[i].subject;
 		size_t slen = strlen(subj);
 		uint64_t h = sm_siphash(s->key, subj, slen);
@@ -941,18 +1278,25 @@ static int sm_batch(struct store *pub, const struct store_op *ops, size_t n, int
 		wi[i] = (uint8_t)j;
 	}
 
-	memset(res, 0, n * sizeof(res[0]));
+	dead.n = 0;
+	enum store_status st = STORE_OK;
 	bool refused = false;
-	for (size_t i = 0; i < n; i++)
-		refused |= sm_apply(&ops[i], &w[wi[i]], now, &res[i], true);
+	for (size_t i = 0; i < n; i++) {
+		if (!sm_is_kv(ops[i].kind))
+			refused |= sm_apply(&ops[i], &w[wi[i]], now, &res[i], true);
+		else if (sm_kv_apply(s, &ops[i], ns[i], now, &res[i], &dead) != STORE_OK) {
+			s->st.errors++;
+			st = STORE_EINTERNAL;
+		}
+	}
 	if (refused) {
 		for (size_t j = 0; j < nw; j++)
 			memcpy(w[j].cur, w[j].orig, sizeof(w[j].cur));
 		for (size_t i = 0; i < n; i++)
-			(void)sm_apply(&ops[i], &w[wi[i]], now, &res[i], false);
+			if (!sm_is_kv(ops[i].kind))
+				(void)sm_apply(&ops[i], &w[wi[i]], now, &res[i], false);
 	}
 
-	enum store_status st = STORE_OK;
 	for (size_t j = 0; j < nw; j++) {
 		bool changed = false;
 		for (unsigned k = 0; k < STORE_MAX_WINDOWS; k++)
@@ -972,6 +1316,7 @@ static int sm_batch(struct store *pub, const struct store_op *ops, size_t n, int
 		cb(arg, st, res, n);
 	else
 		cb(arg, st, NULL, 0);
+	sm_dead_free(&dead);
 	return 0;
 }
 
@@ -1146,6 +1491,21 @@ static int sm_load_rec(void *arg, const struct journal_rec *r)
 		snprintf(L->err, L->errsz, "%s: too many rule names or out of memory", s->dir);
 		return -1;
 	}
+	if (r->blob) {
+		uint64_t bh = sm_bhash(s, (uint16_t)rule, r->subj, r->slen);
+		if (r->deleted || (r->expires_us && r->expires_us <= L->now)) {
+			size_t i = sm_bfind(s, (uint16_t)rule, bh, r->subj, r->slen);
+			if (i != SM_NONE)
+				sm_bdrop(s, i, NULL);
+			return 0;
+		}
+		if (sm_bput(s, (uint16_t)rule, r->subj, r->slen, bh, r->val, r->vlen, r->expires_us,
+		            NULL) < 0) {
+			snprintf(L->err, L->errsz, "%s: out of memory loading state", s->dir);
+			return -1;
+		}
+		return 0;
+	}
 	struct gcra_tat t[STORE_MAX_WINDOWS];
 	for (unsigned k = 0; k < STORE_MAX_WINDOWS; k++)
 		t[k] = k < r->nwin ? sm_canon(r->tat[k], L->now) : sm_empty;
@@ -1305,6 +1665,38 @@ static void sm_snap_child(struct sm_store *s, uint64_t gen)
 			count++;
 		}
 	}
+	for (size_t i = 0; i < s->bcap; i++) {
+		if (s->bhv[i] == 0 || !sm_blob_live(s->bent[i], s->now))
+			continue;
+		struct sm_blob *b = s->bent[i];
+		if (cap - len < JOURNAL_REC_MAX) {
+			if (journal_pwrite(fd, buf, len, off) < 0)
+				_exit(1);
+			off += len;
+			len = 0;
+		}
+		struct journal_rec r = {
+		    .rule = s->rules.name[b->ns],
+		    .rlen = s->rules.len[b->ns],
+		    .subj = sm_bsubj(b),
+		    .slen = b->slen,
+		    .blob = true,
+		    .val = sm_bval(b),
+		    .vlen = b->vlen,
+		    .expires_us = b->expires,
+		};
+		size_t rl = journal_encode(buf + len, cap - len, &r);
+		if (rl == 0)
+			_exit(1);
+		len += rl;
+		count++;
+	}
+	if (cap - len < 64) {
+		if (journal_pwrite(fd, buf, len, off) < 0)
+			_exit(1);
+		off += len;
+		len = 0;
+	}
 	len += journal_encode_end(buf + len, cap - len, count);
 	if (journal_pwrite(fd, buf, len, off) < 0 || fsync(fd) < 0 || close(fd) < 0)
 		_exit(1);
@@ -1405,6 +1797,140 @@ static bool sm_want_snapshot(struct sm_store *s)
 	return s->jlost || s->njournals > SM_MAX_JOURNALS || s->jtotal >= limit;
 }
 
+/* ---- listing ---- */
+
+/* What list() copies before calling back: u32 slen, u32 vlen, subject, NUL, value. */
+struct sm_lbuf {
+	uint8_t *p;
+	size_t len, cap;
+	size_t n;
+};
+
+static int sm_lbuf_add(struct sm_lbuf *L, const char *subj, size_t slen, const void *val,
+                       size_t vlen)
+{
+	size_t need = 8 + slen + 1 + vlen;
+	if (L->cap - L->len < need) {
+		size_t ncap = L->cap ? L->cap : 4096;
+		while (ncap - L->len < need)
+			ncap *= 2;
+		uint8_t *np = realloc(L->p, ncap);
+		if (np == NULL)
+			return -1;
+		L->p = np;
+		L->cap = ncap;
+	}
+	uint32_t h[2] = {(uint32_t)slen, (uint32_t)vlen};
+	memcpy(L->p + L->len, h, 8);
+	memcpy(L->p + L->len + 8, subj, slen);
+	L->p[L->len + 8 + slen] = '\0';
+	if (vlen)
+		memcpy(L->p + L->len + 9 + slen, val, vlen);
+	L->len += need;
+	L->n++;
+	return 0;
+}
+
+static int sm_list_collect(struct sm_store *s, bool ns, uint16_t idx, int64_t now,
+                           struct sm_lbuf *L)
+{
+	if (ns) {
+		for (size_t i = 0; i < s->bcap; i++) {
+			if (s->bhv[i] == 0)
+				continue;
+			struct sm_blob *b = s->bent[i];
+			if (b->ns != idx || !sm_blob_live(b, now))
+				continue;
+			if (sm_lbuf_add(L, sm_bsubj(b), b->slen, sm_bval(b), b->vlen) < 0)
+				return -1;
+		}
+		return 0;
+	}
+	for (size_t i = 0; i < s->cap; i++) {
+		if (s->hv[i] == 0)
+			continue;
+		struct sm_entry *e = s->ent[i];
+		unsigned first;
+		int b = sm_block(e, idx, &first);
+		if (b < 0 || sm_all_empty(sm_tats(e) + first, sm_dirp(e)[b].nwin, now))
+			continue;
+		if (sm_lbuf_add(L, sm_subj(e), e->slen, NULL, 0) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int sm_list(struct store *pub, const char *name, const struct gcra_window *win, uint8_t nwin,
+                   int64_t now,
+                   bool (*cb)(void *arg, const char *subject, const struct store_result *res),
+                   void (*done)(void *arg, enum store_status st), void *arg)
+{
+	struct sm_store *s = (struct sm_store *)pub;
+	if (cb == NULL || done == NULL) {
+		snprintf(pub->err, sizeof(pub->err), "list without a callback");
+		return -1;
+	}
+	if (now > s->now)
+		s->now = now;
+	size_t nlen = name ? strnlen(name, STORE_MAX_KEY + 1) : 0;
+	bool ns = nlen > 0 && name[0] == '@';
+	bool bad = nlen == 0 || nlen > STORE_MAX_KEY || (!ns && nwin > STORE_MAX_WINDOWS);
+	for (unsigned k = 0; !bad && !ns && k < nwin; k++)
+		bad = win[k].limit == 0 || win[k].period_us == 0;
+	if (bad) {
+		snprintf(pub->err, sizeof(pub->err), "list: bad rule, namespace or windows");
+		s->st.errors++;
+		done(arg, STORE_EINVAL);
+		return 0;
+	}
+	struct sm_lbuf L = {NULL, 0, 0, 0};
+	int idx = sm_rule_find(s, name, nlen);
+	if (idx >= 0 && sm_list_collect(s, ns, (uint16_t)idx, now, &L) < 0) {
+		free(L.p);
+		snprintf(pub->err, sizeof(pub->err), "list %s: out of memory", name);
+		s->st.errors++;
+		done(arg, STORE_EINTERNAL);
+		return 0;
+	}
+	size_t off = 0;
+	for (size_t k = 0; k < L.n; k++) {
+		uint32_t h[2];
+		memcpy(h, L.p + off, 8);
+		const char *subj = (const char *)L.p + off + 8;
+		struct store_result r;
+		memset(&r, 0, sizeof(r));
+		if (ns) {
+			r.conform = true;
+			r.window = -1;
+			r.found = true;
+			r.val = h[1] ? L.p + off + 9 + h[0] : NULL;
+			r.vlen = h[1];
+		} else {
+			/* a PEEK of cost 0, on the state as it is now */
+			struct sm_work w = {.subj = subj,
+			                    .slen = h[0],
+			                    .hash = sm_siphash(s->key, subj, h[0]),
+			                    .rule = (uint16_t)idx};
+			struct store_op op;
+			memset(&op, 0, sizeof(op));
+			op.kind = STORE_PEEK;
+			op.rule = name;
+			op.subject = subj;
+			op.nwin = nwin;
+			if (nwin)
+				memcpy(op.win, win, nwin * sizeof(*win));
+			sm_load_work(s, &w, now);
+			(void)sm_apply(&op, &w, now, &r, true);
+		}
+		off += 9 + (size_t)h[0] + h[1];
+		if (!cb(arg, subj, &r))
+			break;
+	}
+	free(L.p);
+	done(arg, STORE_OK);
+	return 0;
+}
+
 /* ---- the backend ---- */
 
 static int sm_flush(struct store *pub)
@@ -1432,6 +1958,7 @@ static void sm_tick(struct store *pub, int64_t now)
 	s->now = now;
 	sm_reap(s, false);
 	sm_sweep(s, now);
+	sm_bsweep(s, now);
 	if (!s->persist)
 		return;
 	if (s->jlen > 0 && (now + gap - s->last_write >= s->flush_us || now < s->last_write ||
@@ -1447,9 +1974,10 @@ static void sm_stats(struct store *pub, struct store_stats *out)
 {
 	struct sm_store *s = (struct sm_store *)pub;
 	*out = s->st;
-	out->keys = s->nkeys;
+	out->keys = s->nkeys + s->nblob;
 	out->bytes = s->bytes + s->cap * (sizeof(*s->ent) + sizeof(*s->hv)) + s->jcap +
-	             s->rules.mapcap * sizeof(uint16_t);
+	             s->rules.mapcap * sizeof(uint16_t) + s->bbytes +
+	             s->bcap * (sizeof(*s->bent) + sizeof(*s->bhv));
 }
 
 static void sm_free(struct sm_store *s)
@@ -1459,6 +1987,11 @@ static void sm_free(struct sm_store *s)
 			free(s->ent[i]);
 	free(s->ent);
 	free(s->hv);
+	for (size_t i = 0; i < s->bcap; i++)
+		if (s->bhv[i])
+			free(s->bent[i]);
+	free(s->bent);
+	free(s->bhv);
 	for (size_t r = 0; r < s->rules.n; r++)
 		free(s->rules.name[r]);
 	free(s->rules.name);
@@ -1496,6 +2029,7 @@ static const struct store_backend sm_backend = {
     .flush = sm_flush,
     .tick = sm_tick,
     .stats = sm_stats,
+    .list = sm_list,
     .close = sm_close,
 };
 

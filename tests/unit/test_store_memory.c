@@ -3,7 +3,9 @@
  * (cache/store_memory.c, cache/journal.c): batch semantics, persistence
  * (clean restart, crash, torn and corrupt files, snapshots), eviction,
  * the max_keys cap, bad ops, and a randomized comparison with a plain
- * model of the batch semantics.  State dirs are made under /tmp and
+ * model of the batch semantics; key-value blobs (GET/PUT/DEL, TTL, the
+ * value bound, persistence in journal and snapshot, version 1 files,
+ * list() of a namespace and of a rule, ordering with GCRA ops).  State dirs are made under /tmp and
  * removed at the end.
  */
 #include <stdarg.h>
@@ -24,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cache/journal.h"
 #include "cache/store.h"
 
 #define SEC  ((int64_t)1000000)
@@ -749,6 +752,478 @@ static void test_snapshot(void **state)
 	remove_dir(dir);
 }
 
+/* ---- key-value blobs ---- */
+
+static struct store_op kv(enum store_op_kind kind, const char *ns, const char *subj,
+                          const char *val, uint64_t ttl)
+{
+	struct store_op op;
+	memset(&op, 0, sizeof(op));
+	op.kind = kind;
+	op.rule = ns;
+	op.subject = subj;
+	op.val = val;
+	op.vlen = val ? strlen(val) : 0;
+	op.ttl_us = ttl;
+	return op;
+}
+
+/* GET (ns, subj) into out (NUL-terminated); -1 when not found. */
+static long get_str(struct store *s, const char *ns, const char *subj, int64_t now, char *out,
+                    size_t outsz);
+
+struct got {
+	char val[STORE_MAX_BATCH][64];
+	bool found[STORE_MAX_BATCH];
+	size_t vlen[STORE_MAX_BATCH];
+	size_t n;
+	enum store_status st;
+	int calls;
+};
+
+/* Copies GET values while they are valid: during the callback. */
+static void got_cb(void *arg, enum store_status st, const struct store_result *res, size_t n)
+{
+	struct got *g = arg;
+	g->calls++;
+	g->st = st;
+	g->n = n;
+	for (size_t i = 0; i < n; i++) {
+		g->found[i] = res[i].found;
+		g->vlen[i] = res[i].vlen;
+		size_t k =
+		    res[i].vlen < sizeof(g->val[i]) - 1 ? res[i].vlen : sizeof(g->val[i]) - 1;
+		if (k)
+			memcpy(g->val[i], res[i].val, k);
+		g->val[i][k] = '\0';
+	}
+}
+
+static struct got run_got(struct store *s, const struct store_op *ops, size_t n, int64_t now)
+{
+	struct got g;
+	memset(&g, 0, sizeof(g));
+	assert_int_equal(store_batch(s, ops, n, now, got_cb, &g), 0);
+	assert_int_equal(g.calls, 1);
+	return g;
+}
+
+static long get_str(struct store *s, const char *ns, const char *subj, int64_t now, char *out,
+                    size_t outsz)
+{
+	struct store_op op = kv(STORE_GET, ns, subj, NULL, 0);
+	struct got g = run_got(s, &op, 1, now);
+	assert_int_equal(g.st, STORE_OK);
+	snprintf(out, outsz, "%s", g.val[0]);
+	return g.found[0] ? (long)g.vlen[0] : -1;
+}
+
+static void test_kv_basic(void **state)
+{
+	(void)state;
+	struct store *s = open_store(NULL, 0, 0, T0);
+	char v[64];
+	assert_int_equal(get_str(s, "@flag", "alice", T0, v, sizeof(v)), -1);
+	struct store_op put = kv(STORE_PUT, "@flag", "alice", "one", 0);
+	struct got g = run_got(s, &put, 1, T0);
+	assert_int_equal(g.st, STORE_OK);
+	assert_false(g.found[0]);
+	assert_int_equal(get_str(s, "@flag", "alice", T0, v, sizeof(v)), 3);
+	assert_string_equal(v, "one");
+	/* same subject, other namespace: another blob */
+	assert_int_equal(get_str(s, "@outbox", "alice", T0, v, sizeof(v)), -1);
+	/* overwrite: found says it existed */
+	put = kv(STORE_PUT, "@flag", "alice", "two!", 0);
+	g = run_got(s, &put, 1, T0);
+	assert_true(g.found[0]);
+	assert_int_equal(get_str(s, "@flag", "alice", T0, v, sizeof(v)), 4);
+	assert_string_equal(v, "two!");
+	/* an empty value is a value */
+	put = kv(STORE_PUT, "@flag", "empty", "", 0);
+	run_got(s, &put, 1, T0);
+	assert_int_equal(get_str(s, "@flag", "empty", T0, v, sizeof(v)), 0);
+	/* DEL */
+	struct store_op del = kv(STORE_DEL, "@flag", "alice", NULL, 0);
+	g = run_got(s, &del, 1, T0);
+	assert_true(g.found[0]);
+	g = run_got(s, &del, 1, T0);
+	assert_false(g.found[0]);
+	assert_int_equal(get_str(s, "@flag", "alice", T0, v, sizeof(v)), -1);
+	assert_int_equal(stats(s).keys, 1); /* "empty" */
+
+	/* the value bound: STORE_MAX_VALUE fits, one more is EINVAL */
+	static char big[STORE_MAX_VALUE + 1];
+	memset(big, 'b', sizeof(big));
+	put = kv(STORE_PUT, "@flag", "big", NULL, 0);
+	put.val = big;
+	put.vlen = STORE_MAX_VALUE;
+	assert_int_equal(run_got(s, &put, 1, T0).st, STORE_OK);
+	put.vlen = STORE_MAX_VALUE + 1;
+	struct cap c = run(s, &put, 1, T0);
+	assert_int_equal(c.st, STORE_EINVAL);
+	assert_non_null(strstr(s->err, "8193"));
+	put.vlen = 5;
+	put.val = NULL;
+	assert_int_equal(run(s, &put, 1, T0).st, STORE_EINVAL);
+	/* namespaces and rule names stay apart */
+	put = kv(STORE_PUT, "flag", "x", "v", 0);
+	assert_int_equal(run(s, &put, 1, T0).st, STORE_EINVAL);
+	assert_non_null(strstr(s->err, "not a namespace"));
+	struct store_op take = op1(STORE_TAKE, "@flag", "x", 1, true, 10, HOUR);
+	assert_int_equal(run(s, &take, 1, T0).st, STORE_EINVAL);
+	/* a key too long for a blob too */
+	char subj[STORE_MAX_KEY + 1];
+	memset(subj, 's', sizeof(subj));
+	subj[STORE_MAX_KEY - 5] = '\0'; /* "@flag" + 507 = 512 */
+	put = kv(STORE_PUT, "@flag", subj, "v", 0);
+	assert_int_equal(run(s, &put, 1, T0).st, STORE_OK);
+	subj[STORE_MAX_KEY - 5] = 's';
+	subj[STORE_MAX_KEY - 4] = '\0';
+	assert_int_equal(run(s, &put, 1, T0).st, STORE_EINVAL);
+	s->be->close(s);
+}
+
+static void test_kv_ttl(void **state)
+{
+	(void)state;
+	struct store *s = open_store(NULL, 0, 0, T0);
+	char v[64];
+	struct store_op put = kv(STORE_PUT, "@outbox", "id1", "pending", 10 * SEC);
+	run_got(s, &put, 1, T0);
+	assert_int_equal(get_str(s, "@outbox", "id1", T0 + 10 * SEC - 1, v, sizeof(v)), 7);
+	assert_int_equal(get_str(s, "@outbox", "id1", T0 + 10 * SEC, v, sizeof(v)), -1);
+	/* a PUT renews the expiry; ttl 0 never expires */
+	run_got(s, &put, 1, T0 + 20 * SEC);
+	put.ttl_us = 0;
+	run_got(s, &put, 1, T0 + 25 * SEC);
+	assert_int_equal(get_str(s, "@outbox", "id1", T0 + 400 * DAY, v, sizeof(v)), 7);
+	/* an expired blob is not "found" by a PUT either */
+	put = kv(STORE_PUT, "@outbox", "id2", "x", SEC);
+	run_got(s, &put, 1, T0);
+	struct got g = run_got(s, &put, 1, T0 + 2 * SEC);
+	assert_false(g.found[0]);
+	/* the sweep frees expired blobs without a GET */
+	char subj[32];
+	for (int i = 0; i < 3000; i++) {
+		snprintf(subj, sizeof(subj), "t%d", i);
+		put = kv(STORE_PUT, "@profile", subj, "short-lived", (uint64_t)(1 + i % 5) * SEC);
+		run_got(s, &put, 1, T0);
+	}
+	assert_int_equal(stats(s).keys, 3002);
+	for (int k = 0; k < 60; k++)
+		s->be->tick(s, T0 + 3 * SEC + k * 100000);
+	uint64_t left = stats(s).keys;
+	assert_true(left > 2 && left < 3002); /* 1 s and 2 s ones gone, at least partly */
+	for (int k = 0; k < 200; k++)
+		s->be->tick(s, T0 + 10 * SEC + k * 100000);
+	assert_int_equal(stats(s).keys, 1); /* id1 */
+	s->be->close(s);
+}
+
+/* The header's version field of a state file. */
+static uint32_t file_version(const char *dir, const char *name)
+{
+	char path[512];
+	uint8_t h[24];
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	int fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(read(fd, h, sizeof(h)), (ssize_t)sizeof(h));
+	close(fd);
+	return (uint32_t)h[8] | (uint32_t)h[9] << 8 | (uint32_t)h[10] << 16 | (uint32_t)h[11] << 24;
+}
+
+static void test_kv_persist(void **state)
+{
+	(void)state;
+	char *dir = make_dir();
+	struct store *s = open_store(dir, 0, 0, T0);
+	static uint8_t bin[STORE_MAX_VALUE];
+	for (size_t i = 0; i < sizeof(bin); i++)
+		bin[i] = (uint8_t)(i * 7 + 3); /* NULs and all */
+	struct store_op ops[5] = {
+	    kv(STORE_PUT, "@flag", "alice", "{\"active\":true}", 0),
+	    kv(STORE_PUT, "@flag", "bob", "gone soon", 0),
+	    kv(STORE_PUT, "@outbox", "f-1", "short", 30 * SEC),
+	    kv(STORE_PUT, "@outbox", "f-2", "long", DAY),
+	    kv(STORE_PUT, "@bin", "b", NULL, 0),
+	};
+	ops[4].val = bin;
+	ops[4].vlen = sizeof(bin);
+	assert_int_equal(run_got(s, ops, 5, T0).st, STORE_OK);
+	struct store_op del = kv(STORE_DEL, "@flag", "bob", NULL, 0);
+	run_got(s, &del, 1, T0);
+	take_n(s, "rcpt", "alice", 4, T0);
+	s->be->close(s);
+	char last[256];
+	count_files(dir, "journal.", last, sizeof(last));
+	assert_int_equal(file_version(dir, last), JOURNAL_VERSION);
+
+	/* a restart after f-1 expired */
+	s = open_store(dir, 0, 0, T0 + 60 * SEC);
+	char v[64];
+	assert_int_equal(get_str(s, "@flag", "alice", T0 + 60 * SEC, v, sizeof(v)), 15);
+	assert_string_equal(v, "{\"active\":true}");
+	assert_int_equal(get_str(s, "@flag", "bob", T0 + 60 * SEC, v, sizeof(v)), -1);
+	assert_int_equal(get_str(s, "@outbox", "f-1", T0 + 60 * SEC, v, sizeof(v)), -1);
+	assert_int_equal(get_str(s, "@outbox", "f-2", T0 + 60 * SEC, v, sizeof(v)), 4);
+	struct cap c;
+	struct store_op get = kv(STORE_GET, "@bin", "b", NULL, 0);
+	memset(&c, 0, sizeof(c));
+	/* compare the whole binary value inside the callback */
+	struct got g = run_got(s, &get, 1, T0 + 60 * SEC);
+	assert_true(g.found[0]);
+	assert_int_equal(g.vlen[0], sizeof(bin));
+	assert_memory_equal(g.val[0], bin, 63);
+	assert_int_equal(used1(s, "rcpt", "alice", 1000, DAY, T0), 4);
+	assert_int_equal(stats(s).keys, 4); /* alice, f-2, b, rcpt/alice */
+
+	/* through a snapshot: the blobs (more than its 1 MB buffer) survive */
+	char subj[32];
+	static char val[6000];
+	for (int i = 0; i < 400; i++) {
+		snprintf(subj, sizeof(subj), "p%d", i);
+		memset(val, 'a' + i % 26, sizeof(val));
+		struct store_op p = kv(STORE_PUT, "@profile", subj, NULL, i % 2 ? DAY : 0);
+		p.val = val;
+		p.vlen = sizeof(val) - (size_t)i;
+		run_got(s, &p, 1, T0 + 60 * SEC);
+	}
+	assert_int_equal(store_memory_snapshot(s), 0);
+	wait_snapshot(s);
+	s->be->tick(s, T0 + 61 * SEC);
+	assert_int_equal(count_files(dir, "journal.", NULL, 0), 1);
+	assert_int_equal(file_version(dir, "snapshot"), JOURNAL_VERSION);
+	s->be->close(s);
+	s = open_store(dir, 0, 0, T0 + 62 * SEC);
+	assert_int_equal(stats(s).keys, 404);
+	for (int i = 0; i < 400; i += 37) {
+		snprintf(subj, sizeof(subj), "p%d", i);
+		assert_int_equal(get_str(s, "@profile", subj, T0 + 62 * SEC, v, sizeof(v)),
+		                 (long)(sizeof(val) - (size_t)i));
+		assert_int_equal(v[0], 'a' + i % 26);
+	}
+	assert_int_equal(get_str(s, "@flag", "alice", T0 + 62 * SEC, v, sizeof(v)), 15);
+	s->be->close(s);
+	/* two days later the DAY ones are gone, the others stay */
+	s = open_store(dir, 0, 0, T0 + 2 * DAY);
+	assert_int_equal(get_str(s, "@profile", "p1", T0 + 2 * DAY, v, sizeof(v)), -1);
+	assert_true(get_str(s, "@profile", "p2", T0 + 2 * DAY, v, sizeof(v)) > 0);
+	s->be->close(s);
+	remove_dir(dir);
+}
+
+/* A version 1 journal (key records only) still loads; a blob in one does not. */
+static void test_kv_old_version(void **state)
+{
+	(void)state;
+	char *dir = make_dir();
+	uint8_t buf[JOURNAL_HDR_SIZE + JOURNAL_REC_MAX];
+	journal_header(buf, JOURNAL_LOG, 0);
+	buf[8] = 1; /* version 1 */
+	struct journal_rec r = {.rule = "rcpt", .rlen = 4, .subj = "old", .slen = 3, .nwin = 1};
+	r.tat[0].us = T0 + HOUR; /* 1 h of 1/h in use */
+	r.tat[0].rem = 0;
+	size_t len = JOURNAL_HDR_SIZE;
+	len += journal_encode(buf + len, sizeof(buf) - len, &r);
+	char path[512];
+	snprintf(path, sizeof(path), "%s/journal.0000000000000000", dir);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, buf, len), (ssize_t)len);
+	close(fd);
+	struct store *s = open_store(dir, 0, 0, T0);
+	assert_int_equal(used1(s, "rcpt", "old", 24, DAY, T0), 1);
+	s->be->close(s);
+
+	/* the same file with a blob record after the key record */
+	struct journal_rec b = {.rule = "@flag",
+	                        .rlen = 5,
+	                        .subj = "x",
+	                        .slen = 1,
+	                        .blob = true,
+	                        .val = "v",
+	                        .vlen = 1};
+	size_t bl = journal_encode(buf + len, sizeof(buf) - len, &b);
+	assert_true(bl > 0);
+	uint8_t pad[64];
+	memset(pad, 0xee, sizeof(pad)); /* so that the blob is not a torn tail */
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_int_equal(write(fd, buf, len + bl), (ssize_t)(len + bl));
+	assert_int_equal(write(fd, pad, sizeof(pad)), (ssize_t)sizeof(pad));
+	close(fd);
+	struct store_memory_opts o = {.state_dir = dir};
+	char err[256] = "";
+	assert_null(store_memory_open(&o, T0, err, sizeof(err)));
+	assert_non_null(strstr(err, "journal.0000000000000000"));
+	remove_dir(dir);
+}
+
+struct listed {
+	char subj[64][32];
+	char val[64][32];
+	uint64_t used[64];
+	size_t n, stop_after;
+	int done;
+	enum store_status st;
+	struct store *s; /* when set, the callback deletes "@flag" "carol" */
+};
+
+static bool list_cb(void *arg, const char *subject, const struct store_result *res)
+{
+	struct listed *l = arg;
+	assert_true(l->n < 64);
+	snprintf(l->subj[l->n], sizeof(l->subj[0]), "%s", subject);
+	size_t k = res->vlen < sizeof(l->val[0]) - 1 ? res->vlen : sizeof(l->val[0]) - 1;
+	if (res->found && k)
+		memcpy(l->val[l->n], res->val, k);
+	l->val[l->n][k] = '\0';
+	l->used[l->n] = res->used[0];
+	l->n++;
+	if (l->s) {
+		struct store_op del = kv(STORE_DEL, "@flag", "carol", NULL, 0);
+		struct store_op put = kv(STORE_PUT, "@flag", "new", "n", 0);
+		run_got(l->s, &del, 1, T0);
+		run_got(l->s, &put, 1, T0);
+	}
+	return l->stop_after == 0 || l->n < l->stop_after;
+}
+
+static void list_done(void *arg, enum store_status st)
+{
+	struct listed *l = arg;
+	l->done++;
+	l->st = st;
+}
+
+static const char *listed_val(const struct listed *l, const char *subj)
+{
+	for (size_t i = 0; i < l->n; i++)
+		if (strcmp(l->subj[i], subj) == 0)
+			return l->val[i];
+	return NULL;
+}
+
+static void test_kv_list(void **state)
+{
+	(void)state;
+	struct store *s = open_store(NULL, 0, 0, T0);
+	assert_non_null(s->be->list);
+	struct store_op ops[] = {
+	    kv(STORE_PUT, "@flag", "alice", "A", 0),   kv(STORE_PUT, "@flag", "bob", "B", 0),
+	    kv(STORE_PUT, "@flag", "carol", "C", 0),   kv(STORE_PUT, "@flag", "old", "O", SEC),
+	    kv(STORE_PUT, "@outbox", "alice", "X", 0),
+	};
+	run_got(s, ops, 5, T0);
+	take_n(s, "rcpt", "alice", 3, T0);
+	take_n(s, "rcpt", "bob", 5, T0);
+	take_n(s, "msg", "alice", 1, T0);
+
+	struct listed l;
+	memset(&l, 0, sizeof(l));
+	assert_int_equal(s->be->list(s, "@flag", NULL, 0, T0 + 2 * SEC, list_cb, list_done, &l), 0);
+	assert_int_equal(l.done, 1);
+	assert_int_equal(l.st, STORE_OK);
+	assert_int_equal(l.n, 3); /* "old" expired, "@outbox" is another namespace */
+	assert_string_equal(listed_val(&l, "alice"), "A");
+	assert_string_equal(listed_val(&l, "bob"), "B");
+	assert_string_equal(listed_val(&l, "carol"), "C");
+	/* a rule: PEEK of cost 0 with the given windows */
+	struct gcra_window w = {1000, DAY};
+	memset(&l, 0, sizeof(l));
+	s->be->list(s, "rcpt", &w, 1, T0, list_cb, list_done, &l);
+	assert_int_equal(l.n, 2);
+	for (size_t i = 0; i < l.n; i++)
+		assert_int_equal(l.used[i], strcmp(l.subj[i], "alice") == 0 ? 3 : 5);
+	/* stop early */
+	memset(&l, 0, sizeof(l));
+	l.stop_after = 1;
+	s->be->list(s, "@flag", NULL, 0, T0, list_cb, list_done, &l);
+	assert_int_equal(l.n, 1);
+	assert_int_equal(l.done, 1);
+	/* unknown names list nothing; bad windows are EINVAL */
+	memset(&l, 0, sizeof(l));
+	s->be->list(s, "@nothing", NULL, 0, T0, list_cb, list_done, &l);
+	assert_int_equal(l.n, 0);
+	assert_int_equal(l.st, STORE_OK);
+	w.limit = 0;
+	s->be->list(s, "rcpt", &w, 1, T0, list_cb, list_done, &l);
+	assert_int_equal(l.st, STORE_EINVAL);
+	s->be->list(s, "", NULL, 0, T0, list_cb, list_done, &l);
+	assert_int_equal(l.st, STORE_EINVAL);
+	assert_int_equal(l.done, 3);
+	/* the callback may run batches: what it lists was copied first */
+	memset(&l, 0, sizeof(l));
+	l.s = s;
+	s->be->list(s, "@flag", NULL, 0, T0 + 2 * SEC, list_cb, list_done, &l);
+	assert_int_equal(l.n, 3);
+	assert_string_equal(listed_val(&l, "carol"), "C");
+	char v[8];
+	assert_int_equal(get_str(s, "@flag", "carol", T0, v, sizeof(v)), -1);
+	s->be->close(s);
+}
+
+/* GET results stay valid during the callback even when the batch replaced them. */
+static void order_cb(void *arg, enum store_status st, const struct store_result *res, size_t n)
+{
+	struct got *g = arg;
+	got_cb(arg, st, res, n);
+	/* res[0] is a GET of the blob that res[1] replaced and res[3] deleted */
+	assert_int_equal(n, 9);
+	assert_true(res[0].found);
+	assert_memory_equal(res[0].val, "first", 5);
+	(void)g;
+}
+
+static void test_kv_batch_order(void **state)
+{
+	(void)state;
+	struct store *s = open_store(NULL, 0, 0, T0);
+	struct store_op p = kv(STORE_PUT, "@flag", "dan", "first", 0);
+	run_got(s, &p, 1, T0);
+	struct store_op t2 = op1(STORE_TAKE, "rcpt", "dan", 1, true, 2, HOUR);
+	assert_true(run(s, &t2, 1, T0).res[0].committed);
+	assert_true(run(s, &t2, 1, T0).res[0].committed);
+	/* a refused batch: the refusing TAKE does not conform (limit 2), the
+	 * other TAKE is not committed, the blob ops apply in order */
+	struct store_op ops[9] = {
+	    kv(STORE_GET, "@flag", "dan", NULL, 0),
+	    kv(STORE_PUT, "@flag", "dan", "second", 0),
+	    kv(STORE_GET, "@flag", "dan", NULL, 0),
+	    kv(STORE_DEL, "@flag", "dan", NULL, 0),
+	    op1(STORE_TAKE, "msg", "dan", 1, true, 10, HOUR),
+	    kv(STORE_GET, "@flag", "dan", NULL, 0),
+	    op1(STORE_TAKE, "rcpt", "dan", 1, true, 2, HOUR),
+	    kv(STORE_PUT, "@flag", "dan", "third", 0),
+	    kv(STORE_GET, "@flag", "dan", NULL, 0),
+	};
+	struct got g;
+	memset(&g, 0, sizeof(g));
+	assert_int_equal(store_batch(s, ops, 9, T0, order_cb, &g), 0);
+	assert_int_equal(g.st, STORE_OK);
+	assert_string_equal(g.val[0], "first");
+	assert_string_equal(g.val[2], "second");
+	assert_true(g.found[3]); /* DEL found it */
+	assert_false(g.found[5]);
+	assert_string_equal(g.val[8], "third");
+	char v[16];
+	assert_int_equal(get_str(s, "@flag", "dan", T0, v, sizeof(v)), 5);
+	assert_string_equal(v, "third");
+	assert_int_equal(used1(s, "msg", "dan", 10, HOUR, T0), 0); /* refused: not taken */
+	assert_int_equal(used1(s, "rcpt", "dan", 2, HOUR, T0), 2); /* as before */
+	/* a batch where the blob ops sit between TAKEs that conform */
+	struct store_op ok[3] = {
+	    op1(STORE_TAKE, "msg", "dan", 1, true, 10, HOUR),
+	    kv(STORE_DEL, "@flag", "dan", NULL, 0),
+	    op1(STORE_TAKE, "msg", "dan", 1, true, 10, HOUR),
+	};
+	g = run_got(s, ok, 3, T0);
+	assert_int_equal(g.st, STORE_OK);
+	assert_int_equal(used1(s, "msg", "dan", 10, HOUR, T0), 2);
+	assert_int_equal(get_str(s, "@flag", "dan", T0, v, sizeof(v)), -1);
+	s->be->close(s);
+}
+
 /* ---- randomized: the store against a plain model of the semantics ---- */
 
 #define M_RULES 3
@@ -908,6 +1383,9 @@ int main(void)
 	    cmocka_unit_test(test_persist_roundtrip), cmocka_unit_test(test_crash),
 	    cmocka_unit_test(test_flush_interval),    cmocka_unit_test(test_corrupt),
 	    cmocka_unit_test(test_snapshot),          cmocka_unit_test(test_model),
+	    cmocka_unit_test(test_kv_basic),          cmocka_unit_test(test_kv_ttl),
+	    cmocka_unit_test(test_kv_persist),        cmocka_unit_test(test_kv_old_version),
+	    cmocka_unit_test(test_kv_list),           cmocka_unit_test(test_kv_batch_order),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
