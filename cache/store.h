@@ -41,9 +41,9 @@
 
 #include "gcra.h"
 
-#define STORE_MAX_WINDOWS  4
-#define STORE_MAX_KEY      512 /* bytes of rule + subject */
-#define STORE_MAX_BATCH    64  /* ops in one batch */
+#define STORE_MAX_WINDOWS 4
+#define STORE_MAX_KEY     512 /* bytes of rule + subject */
+#define STORE_MAX_BATCH   64  /* ops in one batch */
 
 enum store_op_kind {
 	STORE_TAKE = 0, /* take cost units if it conforms (see semantics) */
@@ -54,9 +54,9 @@ enum store_op_kind {
 	 * starts with '@' ("@flag", "@profile", ...) so it never meets a rule
 	 * name; `subject` is the key inside it.  They never refuse a batch and
 	 * apply whether the batch is refused or not, in order with the others. */
-	STORE_GET,      /* result.val/vlen: the blob, or vlen 0 + found false */
-	STORE_PUT,      /* set val/vlen (<= STORE_MAX_VALUE), expiring after ttl_us (0: never) */
-	STORE_DEL,      /* remove it */
+	STORE_GET, /* result.val/vlen: the blob, or vlen 0 + found false */
+	STORE_PUT, /* set val/vlen (<= STORE_MAX_VALUE), expiring after ttl_us (0: never) */
+	STORE_DEL, /* remove it */
 };
 
 #define STORE_MAX_VALUE 8192 /* bytes of one blob */
@@ -76,11 +76,11 @@ struct store_op {
 };
 
 struct store_result {
-	bool conform;     /* TAKE/PEEK: every window conforms */
-	bool committed;   /* TAKE: the units were taken */
-	int8_t window;    /* first window that did not conform, -1 if none */
-	uint64_t retry_us; /* when non-conforming: until it would conform */
-	uint64_t used[STORE_MAX_WINDOWS];     /* units in use after the op */
+	bool conform;                            /* TAKE/PEEK: every window conforms */
+	bool committed;                          /* TAKE: the units were taken */
+	int8_t window;                           /* first window that did not conform, -1 if none */
+	uint64_t retry_us;                       /* when non-conforming: until it would conform */
+	uint64_t used[STORE_MAX_WINDOWS];        /* units in use after the op */
 	uint64_t empty_in_us[STORE_MAX_WINDOWS]; /* until that window is empty */
 	/* STORE_GET: the blob, valid only during the callback */
 	bool found;
@@ -100,8 +100,8 @@ typedef void store_cb(void *arg, enum store_status st, const struct store_result
 struct store;
 
 struct store_stats {
-	uint64_t keys;         /* keys held (embedded) */
-	uint64_t bytes;        /* approximate bytes of state (embedded) */
+	uint64_t keys;  /* keys held (embedded) */
+	uint64_t bytes; /* approximate bytes of state (embedded) */
 	uint64_t batches;
 	uint64_t evicted;      /* keys dropped because empty */
 	uint64_t evicted_full; /* keys dropped by the size cap (state lost) */
@@ -137,17 +137,17 @@ struct store {
 	char err[256]; /* last error text, for logs */
 };
 
-static inline int store_batch(struct store *s, const struct store_op *ops, size_t n,
-                              int64_t now_us, store_cb *cb, void *arg)
+static inline int store_batch(struct store *s, const struct store_op *ops, size_t n, int64_t now_us,
+                              store_cb *cb, void *arg)
 {
 	return s->be->batch(s, ops, n, now_us, cb, arg);
 }
 
 /* Embedded store (cache/store_memory.c). */
 struct store_memory_opts {
-	const char *state_dir; /* NULL or "": no persistence */
-	uint64_t max_keys;     /* 0: no cap */
-	unsigned flush_ms;     /* journal written at least this often (default 1000) */
+	const char *state_dir;   /* NULL or "": no persistence */
+	uint64_t max_keys;       /* 0: no cap */
+	unsigned flush_ms;       /* journal written at least this often (default 1000) */
 	uint64_t snapshot_bytes; /* journal bytes that trigger a snapshot
 	                          * (0: max(64 MB, 4 x the last snapshot)) */
 };

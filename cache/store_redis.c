@@ -9,25 +9,41 @@
  *
  * How a batch runs.  store_batch() copies the ops, names their keys
  * ("pd:{subject}:rule") and groups them by hash slot (one group without a
- * cluster).  Each group is one EVALSHA of RD_SCRIPT on the group's server,
- * appended to that server's single pipelined connection.  The script
- * reads the keys' windows (HMGET), applies the batch semantics with the
- * increments that C computed exactly (cost * period / limit as quotient +
- * remainder, so Lua only adds and compares integers below 2^53), writes
- * the keys it changed (HSET + PEXPIRE, or DEL when all empty) and returns
- * its refusal flag and the windows it read.  C then replays the batch on
- * those windows with gcra.c (rd_apply() is store_memory.c's sm_apply()):
- * the results are the embedded store's by construction, and the replay's
- * refusal must equal the script's.  Blob ops (GET/PUT/DEL) run in the
- * same script, in order; their outcome (found, the value) comes from it.
- * Several groups: see the header on
- * compensation.  A batch has one ev_timer (the command timeout); its
- * callback comes exactly once: b->answered guards it, and the batch is
- * freed when answered and no reply is outstanding (b->refs).
+ * cluster).  Each group is queued on its server; an ev_prepare watcher
+ * (it runs when the loop has handled everything ready, before it polls)
+ * sends the queue as few EVALSHAs of RD_SCRIPT as it can: every group of
+ * the queue that goes to the same slot (all of them without a cluster)
+ * rides in one script as a sub-batch, up to RD_CALL_MAX_GROUPS groups and
+ * RD_CALL_MAX_KEYS keys, with at most RD_MAX_INFLIGHT scripts unanswered
+ * per connection: while Redis works, the next requests gather, so that
+ * under load one round trip and one script serve many requests, and an
+ * idle server answers a lone request at once.  The script reads each
+ * distinct rate key once (GET), runs the sub-batches in order, each with
+ * store.h's batch semantics and its own refusal, on the increments that C
+ * computed exactly (cost * period / limit as quotient + remainder, so Lua
+ * only adds and compares integers below 2^53), writes each changed key
+ * once (SET, DEL when all empty), and returns the sub-batches' refusal
+ * flags, the keys as it read them and as it left them, and the blob ops'
+ * raw values.  C then replays the sub-batches in the same order on those
+ * windows with gcra.c (rd_apply() is store_memory.c's sm_apply()): the
+ * results are the embedded store's by construction, each sub-batch's
+ * refusal must equal the script's, and the state C derives must equal the
+ * one the script wrote.  Several groups of one batch (cluster): see the
+ * header on compensation.  A batch has one ev_timer (the command
+ * timeout); its callback comes exactly once: b->answered guards it, and
+ * the batch is freed when answered and no reply is outstanding (b->refs).
+ *
+ * The script's arguments and the stored windows are binary (Lua's struct
+ * library): ARGV[1] is the program (rd_prog_* below), a rate key holds 9
+ * little-endian doubles (us, rem of 4 windows, then the expiry deadline
+ * its TTL covers), a blob holds a double (absolute expiry, 0: never) and
+ * the value.  A key's TTL is set (PX) only when its windows outgrow that
+ * deadline, with RD_EXPIRE_SLACK to spare, else SET ... KEEPTTL keeps it:
+ * number formatting is the costly part of a Lua script.
  *
  * Servers (struct rd_node): DOWN (reconnect timer, backoff 100 ms .. 5 s),
  * CONNECTING (connect timer; AUTH, SELECT and SCRIPT LOAD pipelined, and
- * batches may queue behind them), READY; RETIRED when a cluster node left
+ * scripts may queue behind them), READY; RETIRED when a cluster node left
  * the map (its connection drains gracefully, so that no reply is cut off).
  * A watchdog drops a connection that leaves commands unanswered for
  * max(4 x command timeout, connect timeout).  Cluster: the slot map comes
@@ -36,11 +52,17 @@
  * CLUSTERDOWN, READONLY, ...) are parked and retried until their batch's
  * deadline.
  *
+ * list(): SCAN MATCH "pd:{*}:RULE" in pages of RD_LIST_COUNT on the
+ * server (every master of the cluster map, one after the other), then a
+ * GET of each key of the page, then the callbacks for the page (copies).
+ *
  * Limits: see store_redis.h (numbers below 2^53, clocks within the key
  * expiry margin, getaddrinfo() blocks for host names, retried scripts
- * after a broken connection may count twice).  No TLS.
+ * after a broken connection may count twice, Redis >= 6.0 for KEEPTTL).
+ * No TLS.
  */
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,166 +94,221 @@
 #define RD_EXACT            ((uint64_t)1 << 53)
 #define RD_W                ((size_t)STORE_MAX_WINDOWS)
 #define RD_WHY              256
+#define RD_MAX_INFLIGHT     2u   /* scripts unanswered per connection before groups wait */
+#define RD_CALL_MAX_GROUPS  128u /* sub-batches in one script */
+#define RD_CALL_MAX_KEYS    1024u
+#define RD_STATE_LEN        72  /* a rate key: 4 x (us, rem) + expiry deadline, doubles */
+#define RD_BLOB_HEAD        8   /* a blob: its expiry (double), then the value */
+#define RD_LIST_COUNT       500u /* SCAN ... COUNT */
 
 #define RD_STR_(x) #x
 #define RD_STR(x)  RD_STR_(x)
+/* the script's constants, in microseconds */
+#define RD_EXPIRE_MARGIN_US 10000000 /* = RD_EXPIRE_MARGIN_MS */
+#define RD_EXPIRE_SLACK_US  60000000
 
 /*
- * KEYS: the group's rate keys (hashes), then its blob keys (strings).
- * ARGV: now, nops, number of rate keys, then per op: kind (0 TAKE, 1 PEEK,
- * 2 REFUND, 3 CLEAR, 4 GET, 5 PUT, 6 DEL), refuse (0/1), key index, nwin,
- * zero cost (0/1); per window of a rate op: limit, period, q, r (the
- * increment cost * period / limit = q + r / limit; q = -1: never conforms
- * (TAKE/PEEK, cost > limit) or empties the window (REFUND)); a TAKE of
- * cost 0 only normalizes (rem < limit), as gcra_take() does; a PUT adds
- * its absolute expiry (us, 0: never), the key's PX (ms, 0: none) and the
- * value.  A window is "us:rem" in field 0..3 of its key; empty is 0:0 (any
- * tat <= now is empty).  A blob is "expiry:value"; it is live while
- * expiry is 0 or > now (Redis's own expiry only collects it later).
- * Blob ops apply in pass 1, in order, refused batch or not.  Returns
- * {refused, us, rem of each rate key's 4 windows as read (empty: 0, 0),
- * then per blob op: found (a live blob was there), the value (GET) or ""}.
+ * KEYS: the call's distinct rate keys (strings of RD_STATE_LEN bytes), then
+ * its blob keys.  ARGV[1]: the program, little-endian:
+ *   u16 number of rate keys, u16 number of sub-batches; per sub-batch:
+ *   double now, u16 ops; per op: u8 kind (0 TAKE, 1 PEEK, 2 REFUND, 3
+ *   CLEAR, 4 GET, 5 PUT, 6 DEL), u8 refuse, u16 key (index in KEYS), u8
+ *   windows, u8 zero cost; per window of a rate op: doubles limit, period,
+ *   q, r (the increment cost * period / limit = q + r / limit; q = -1:
+ *   never conforms (TAKE/PEEK, cost > limit) or empties the window
+ *   (REFUND)); a PUT adds u16 the ARGV index of the stored value (its
+ *   expiry as a double, then the value) and u16 that of its PX (0: none).
+ * A TAKE of cost 0 only normalizes (rem < limit), as gcra_take() does.
+ * Windows are used in place, empty when us < now or (us = now, rem = 0),
+ * with `now` the sub-batch's; C sends the sub-batches of a script with
+ * non-decreasing `now`, so what one leaves empty stays empty for the
+ * next.  A refused sub-batch is undone from the log L (key, index, us,
+ * rem) and its REFUNDs and CLEARs applied again.  Blob ops apply in pass
+ * 1, in order, refused sub-batch or not.  Returns {refusal flags ('0'/'1'
+ * per sub-batch), the rate keys as read, as left (RD_STATE_LEN bytes each,
+ * zeros when absent), then per blob op its raw value before the op (''
+ * when absent; PUT and DEL: its expiry only)}.
  */
 static const char RD_SCRIPT[] =
-    "local now, nops, nr, nk = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), #KEYS\n"
-    "local ou, orm, cu, cr, out, kv = {}, {}, {}, {}, {0}, {}\n"
+    "local P, up, fmod = ARGV[1], struct.unpack, math.fmod\n"
+    "local U, R, X, I, D, F, B, T, L = {}, {}, {}, {}, {}, {}, {}, {}, {}\n"
+    "local nr, ng, pos = up('<HH', P)\n"
     "for k = 1, nr do\n"
-    "  local v = redis.call('HMGET', KEYS[k], '0', '1', '2', '3')\n"
-    "  for w = 1, 4 do\n"
-    "    local i, u, r = k * 4 - 4 + w, 0, 0\n"
-    "    if v[w] then\n"
-    "      local a, b = string.match(v[w], '^(%d+):(%d+)$')\n"
-    "      if a then u, r = tonumber(a), tonumber(b) end\n"
+    "  local v, b = redis.call('GET', KEYS[k]), k * 4\n"
+    "  if v and #v == " RD_STR(RD_STATE_LEN) " then\n"
+    "    I[k] = v\n"
+    "    U[b - 3], R[b - 3], U[b - 2], R[b - 2], U[b - 1], R[b - 1], U[b], R[b], X[k] =\n"
+    "      up('<ddddddddd', v)\n"
+    "  else\n"
+    "    I[k] = false\n"
+    "    U[b - 3], R[b - 3], U[b - 2], R[b - 2], U[b - 1], R[b - 1], U[b], R[b], X[k] =\n"
+    "      0, 0, 0, 0, 0, 0, 0, 0, -1\n"
+    "  end\n"
+    "end\n"
+    "local now = 0\n"
+    "for g = 1, ng do\n"
+    "  local nops, start, refused, nl\n"
+    "  now, nops, pos = up('<dH', P, pos)\n"
+    "  start, refused, nl = pos, false, 0\n"
+    "  for pass = 1, 2 do\n"
+    "    local ev = pass == 1\n"
+    "    if not ev then\n"
+    "      if not refused then break end\n"
+    "      for j = nl - 3, 1, -4 do U[L[j + 1]], R[L[j + 1]] = L[j + 2], L[j + 3] end\n"
+    "      pos = start\n"
     "    end\n"
-    "    if u < now or (u == now and r == 0) then u, r = 0, 0 end\n"
-    "    ou[i], orm[i], cu[i], cr[i] = u, r, u, r\n"
-    "    out[2 * i], out[2 * i + 1] = u, r\n"
-    "  end\n"
-    "end\n"
-    "local function norm(u, r, l)\n"
-    "  if r >= l then\n"
-    "    local m = math.fmod(r, l)\n"
-    "    return u + (r - m) / l, m\n"
-    "  end\n"
-    "  return u, r\n"
-    "end\n"
-    "local refused = false\n"
-    "local function run(eval)\n"
-    "  local a = 4\n"
-    "  for o = 1, nops do\n"
-    "    local kind, k, nw = tonumber(ARGV[a]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])\n"
-    "    local refuse, zero, b = ARGV[a + 1] == '1', ARGV[a + 4] == '1', k * 4 - 4\n"
-    "    a = a + 5\n"
-    "    if kind >= 4 then\n"
-    "      if eval then\n"
-    "        local cur, found, val = redis.call('GET', KEYS[k]), 0, ''\n"
-    "        if cur then\n"
-    "          local c = string.find(cur, ':', 1, true)\n"
-    "          local x = c and tonumber(string.sub(cur, 1, c - 1))\n"
-    "          if x and (x == 0 or x > now) then\n"
-    "            found = 1\n"
-    "            if kind == 4 then val = string.sub(cur, c + 1) end\n"
+    "    for o = 1, nops do\n"
+    "      local kind, refuse, k, nw, zero\n"
+    "      kind, refuse, k, nw, zero, pos = up('<BBHBB', P, pos)\n"
+    "      local b = k * 4 - 4\n"
+    "      if kind >= 4 then\n"
+    "        if ev then\n"
+    "          local cur = redis.call('GET', KEYS[k])\n"
+    "          if not cur then B[#B + 1] = ''\n"
+    "          elseif kind == 4 then B[#B + 1] = cur\n"
+    "          else B[#B + 1] = string.sub(cur, 1, " RD_STR(RD_BLOB_HEAD) ") end\n"
+    "          if kind == 5 then\n"
+    "            local vi, pi\n"
+    "            vi, pi, pos = up('<HH', P, pos)\n"
+    "            if pi == 0 then redis.call('SET', KEYS[k], ARGV[vi])\n"
+    "            else redis.call('SET', KEYS[k], ARGV[vi], 'PX', ARGV[pi]) end\n"
+    "          elseif kind == 6 and cur then\n"
+    "            redis.call('DEL', KEYS[k])\n"
     "          end\n"
+    "        elseif kind == 5 then\n"
+    "          pos = pos + 4\n"
     "        end\n"
-    "        if kind == 5 then\n"
-    "          if ARGV[a + 1] == '0' then\n"
-    "            redis.call('SET', KEYS[k], ARGV[a] .. ':' .. ARGV[a + 2])\n"
+    "      elseif kind == 3 then\n"
+    "        for i = b + 1, b + 4 do\n"
+    "          if ev then L[nl + 1], L[nl + 2], L[nl + 3], L[nl + 4], nl = k, i, U[i], R[i], nl + 4\n"
+    "          else D[k] = true end\n"
+    "          U[i], R[i] = 0, 0\n"
+    "        end\n"
+    "      elseif kind == 2 then\n"
+    "        for i = b + 1, b + nw do\n"
+    "          local l, p, q, ir\n"
+    "          l, p, q, ir, pos = up('<dddd', P, pos)\n"
+    "          local u, r = U[i], R[i]\n"
+    "          if q < 0 or u < now or (u == now and r == 0) then\n"
+    "            u, r = 0, 0\n"
     "          else\n"
-    "            redis.call('SET', KEYS[k], ARGV[a] .. ':' .. ARGV[a + 2], 'PX', ARGV[a + 1])\n"
+    "            if r >= l then local m = fmod(r, l) u, r = u + (r - m) / l, m end\n"
+    "            u = u - q\n"
+    "            if r >= ir then r = r - ir else r, u = r + (l - ir), u - 1 end\n"
+    "            if u < now or (u == now and r == 0) then u, r = 0, 0 end\n"
     "          end\n"
-    "        elseif kind == 6 and cur then\n"
-    "          redis.call('DEL', KEYS[k])\n"
+    "          if ev then L[nl + 1], L[nl + 2], L[nl + 3], L[nl + 4], nl = k, i, U[i], R[i], nl + 4\n"
+    "          else D[k] = true end\n"
+    "          U[i], R[i] = u, r\n"
     "        end\n"
-    "        kv[#kv + 1], kv[#kv + 2] = found, val\n"
-    "      end\n"
-    "      if kind == 5 then a = a + 3 end\n"
-    "    elseif kind == 3 then\n"
-    "      for w = 1, 4 do cu[b + w], cr[b + w] = 0, 0 end\n"
-    "    elseif kind == 2 then\n"
-    "      for w = 1, nw do\n"
-    "        local l, q, ir = tonumber(ARGV[a]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])\n"
-    "        local u, r = norm(cu[b + w], cr[b + w], l)\n"
-    "        if q < 0 or u < now or (u == now and r == 0) then\n"
-    "          u, r = 0, 0\n"
-    "        else\n"
-    "          u = u - q\n"
-    "          if r >= ir then r = r - ir else r, u = r + (l - ir), u - 1 end\n"
-    "          if u < now then u, r = 0, 0 end\n"
+    "      elseif ev and zero == 0 then\n"
+    "        local ok = true\n"
+    "        for w = 1, nw do\n"
+    "          local l, p, q, ir\n"
+    "          l, p, q, ir, pos = up('<dddd', P, pos)\n"
+    "          if q < 0 then\n"
+    "            ok = false\n"
+    "          else\n"
+    "            local u, r = U[b + w], R[b + w]\n"
+    "            if u < now or (u == now and r == 0) then u, r = now, 0\n"
+    "            elseif r >= l then local m = fmod(r, l) u, r = u + (r - m) / l, m end\n"
+    "            u = u + q\n"
+    "            if ir > 0 and r >= l - ir then r, u = r - (l - ir), u + 1 else r = r + ir end\n"
+    "            if u - now < p or (u - now == p and r == 0) then T[w], T[w + 4] = u, r\n"
+    "            else ok = false end\n"
+    "          end\n"
     "        end\n"
-    "        cu[b + w], cr[b + w], a = u, r, a + 4\n"
-    "      end\n"
-    "    elseif eval and not zero then\n"
-    "      local ok, nu, nr = true, {}, {}\n"
-    "      for w = 1, nw do\n"
-    "        local l, p = tonumber(ARGV[a]), tonumber(ARGV[a + 1])\n"
-    "        local q, ir = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])\n"
-    "        a = a + 4\n"
-    "        if q < 0 then\n"
-    "          ok = false\n"
-    "        else\n"
-    "          local u, r = norm(cu[b + w], cr[b + w], l)\n"
-    "          if u < now or (u == now and r == 0) then u, r = now, 0 end\n"
-    "          u = u + q\n"
-    "          if ir > 0 and r >= l - ir then r, u = r - (l - ir), u + 1 else r = r + ir end\n"
-    "          if u - now < p or (u - now == p and r == 0) then nu[w], nr[w] = u, r else ok = "
-    "false end\n"
+    "        if not ok then\n"
+    "          if refuse == 1 then refused = true end\n"
+    "        elseif kind == 0 then\n"
+    "          for w = 1, nw do\n"
+    "            local i = b + w\n"
+    "            L[nl + 1], L[nl + 2], L[nl + 3], L[nl + 4], nl = k, i, U[i], R[i], nl + 4\n"
+    "            U[i], R[i] = T[w], T[w + 4]\n"
+    "          end\n"
     "        end\n"
+    "      elseif ev and kind == 0 then\n"
+    "        for i = b + 1, b + nw do\n"
+    "          local l\n"
+    "          l, pos = up('<d', P, pos)\n"
+    "          pos = pos + 24\n"
+    "          local u, r = U[i], R[i]\n"
+    "          if u < now or (u == now and r == 0) then u, r = 0, 0\n"
+    "          elseif r >= l then local m = fmod(r, l) u, r = u + (r - m) / l, m end\n"
+    "          if u ~= U[i] or r ~= R[i] then\n"
+    "            L[nl + 1], L[nl + 2], L[nl + 3], L[nl + 4], nl = k, i, U[i], R[i], nl + 4\n"
+    "            U[i], R[i] = u, r\n"
+    "          end\n"
+    "        end\n"
+    "      else\n"
+    "        pos = pos + 32 * nw\n"
     "      end\n"
-    "      if not ok then\n"
-    "        if refuse then refused = true end\n"
-    "      elseif kind == 0 then\n"
-    "        for w = 1, nw do cu[b + w], cr[b + w] = nu[w], nr[w] end\n"
-    "      end\n"
-    "    elseif eval and kind == 0 then\n"
-    "      for w = 1, nw do\n"
-    "        cu[b + w], cr[b + w] = norm(cu[b + w], cr[b + w], tonumber(ARGV[a]))\n"
-    "        a = a + 4\n"
-    "      end\n"
-    "    else\n"
-    "      a = a + 4 * nw\n"
     "    end\n"
     "  end\n"
+    "  if refused then F[g] = '1' else\n"
+    "    F[g] = '0'\n"
+    "    for j = 1, nl, 4 do D[L[j]] = true end\n"
+    "  end\n"
     "end\n"
-    "run(true)\n"
-    "if refused then\n"
-    "  for i = 1, 4 * nr do cu[i], cr[i] = ou[i], orm[i] end\n"
-    "  run(false)\n"
-    "  out[1] = 1\n"
-    "end\n"
+    "local Z, IN, FI = string.rep('\\0', " RD_STR(RD_STATE_LEN) "), {}, {}\n"
     "for k = 1, nr do\n"
-    "  local set, top = {}, 0\n"
-    "  for w = 1, 4 do\n"
-    "    local i = k * 4 - 4 + w\n"
-    "    local u, r = cu[i], cr[i]\n"
-    "    if u ~= ou[i] or r ~= orm[i] then\n"
-    "      set[#set + 1] = w - 1\n"
-    "      set[#set + 1] = string.format('%d:%d', u, r)\n"
+    "  local v = I[k] or Z\n"
+    "  IN[k] = v\n"
+    "  if D[k] then\n"
+    "    local b, top = k * 4, 0\n"
+    "    for i = b - 3, b do\n"
+    "      local t = U[i]\n"
+    "      if R[i] > 0 then t = t + 1 end\n"
+    "      if t > top then top = t end\n"
     "    end\n"
-    "    if r > 0 then u = u + 1 end\n"
-    "    if u > top then top = u end\n"
-    "  end\n"
-    "  if #set > 0 then\n"
     "    if top <= now then\n"
-    "      redis.call('DEL', KEYS[k])\n"
+    "      if I[k] then redis.call('DEL', KEYS[k]) end\n"
+    "      v = Z\n"
     "    else\n"
-    "      redis.call('HSET', KEYS[k], unpack(set))\n"
-    "      redis.call('PEXPIRE', KEYS[k], string.format('%d', math.ceil((top - now) / 1000) "
-    "+ " RD_STR(RD_EXPIRE_MARGIN_MS) "))\n"
-                                     "    end\n"
-                                     "  end\n"
-                                     "end\n"
-                                     "for i = 1, #kv do out[#out + 1] = kv[i] end\n"
-                                     "return out\n";
+    "      local x, px = X[k], nil\n"
+    "      if x < top + " RD_STR(RD_EXPIRE_MARGIN_US) " then\n"
+    "        x = top + " RD_STR(RD_EXPIRE_MARGIN_US) " + " RD_STR(RD_EXPIRE_SLACK_US) "\n"
+    "        px = string.format('%d', math.ceil((x - now) / 1000))\n"
+    "      end\n"
+    "      v = struct.pack('<ddddddddd', U[b - 3], R[b - 3], U[b - 2], R[b - 2], U[b - 1],\n"
+    "        R[b - 1], U[b], R[b], x)\n"
+    "      if px then redis.call('SET', KEYS[k], v, 'PX', px)\n"
+    "      else redis.call('SET', KEYS[k], v, 'KEEPTTL') end\n"
+    "    end\n"
+    "  end\n"
+    "  FI[k] = v\n"
+    "end\n"
+    "local out = {table.concat(F), table.concat(IN), table.concat(FI)}\n"
+    "for i = 1, #B do out[i + 3] = B[i] end\n"
+    "return out\n";
 
 enum rd_nstate { RD_DOWN = 0, RD_CONNECTING, RD_READY, RD_RETIRED };
-enum rd_gstate { RD_G_NEW = 0, RD_G_SENT, RD_G_PARKED, RD_G_OK, RD_G_FAIL };
+enum rd_gstate { RD_G_NEW = 0, RD_G_QUEUED, RD_G_SENT, RD_G_PARKED, RD_G_OK, RD_G_FAIL };
 
 struct rd_store;
+struct rd_node;
+struct rd_batch;
+struct rd_list;
 
 struct rd_episode {
 	bool on;
 	double since, last_fail;
 	uint64_t failures;
+};
+
+struct rd_group {
+	struct rd_batch *b;
+	struct rd_group *next, *prev; /* the parked list, or its server's queue */
+	struct rd_node *node;         /* where the last script went (or is queued) */
+	struct rd_node *ask;          /* ASK target for the next send */
+	double retry_at;
+	uint16_t slot;
+	uint8_t state;
+	uint8_t moved, noscript; /* MOVED followed, NOSCRIPT seen */
+	uint8_t nkeys, nrate;    /* keys, of which rate keys */
+	uint8_t nkv;             /* blob ops */
+	bool refused;            /* the script refused */
+	bool asked;              /* the last send was preceded by ASKING */
 };
 
 struct rd_node {
@@ -247,37 +324,21 @@ struct rd_node {
 	ev_timer timer;              /* CONNECTING: connect timeout; DOWN: reconnect */
 	double backoff;
 	bool in_map, in_new_map;
-	bool loading;         /* SCRIPT LOAD after NOSCRIPT in flight */
-	unsigned outstanding; /* scripts sent on ac, not answered */
+	bool loading;          /* SCRIPT LOAD after NOSCRIPT in flight */
+	unsigned outstanding;  /* scripts sent on ac, not answered */
+	struct rd_group queue; /* sentinel: groups waiting for a script to this server */
 	double last_io;
 	struct rd_episode ep;
 	char why[RD_WHY]; /* why it is down */
-};
-
-struct rd_batch;
-
-struct rd_group {
-	struct rd_batch *b;
-	struct rd_group *next, *prev; /* the parked list */
-	struct rd_node *node;         /* where the last script went */
-	struct rd_node *ask;          /* ASK target for the next send */
-	double retry_at;
-	uint16_t slot;
-	uint8_t state;
-	uint8_t moved, noscript; /* MOVED followed, NOSCRIPT seen */
-	uint8_t nkeys, nrate;    /* KEYS, of which rate keys (first) */
-	uint8_t nkv;             /* blob ops */
-	bool refused;            /* the script refused */
-	bool asked;              /* the last send was preceded by ASKING */
 };
 
 struct rd_key {
 	const char *str;
 	size_t len;
 	uint16_t slot;
+	uint16_t ckey; /* 1-based index in the KEYS of the script it rides in */
 	uint8_t group;
-	uint8_t gidx; /* 1-based index in its group's KEYS */
-	bool blob;    /* a namespace's blob, not windows */
+	bool blob; /* a namespace's blob, not windows */
 };
 
 /* the outcome of a GET, PUT or DEL, from the script */
@@ -296,7 +357,7 @@ struct rd_batch {
 	struct store_op *ops; /* copies, strings in the same block */
 	struct rd_key *keys;
 	struct rd_group *groups;
-	struct gcra_tat *orig; /* nkeys * RD_W windows as the scripts read them */
+	struct gcra_tat *orig; /* nkeys * RD_W windows as each group's script saw them */
 	uint8_t *opkey;        /* op -> key */
 	struct rd_kv *kv;      /* per op */
 	ev_timer deadline;
@@ -306,10 +367,28 @@ struct rd_batch {
 	char why[RD_WHY];
 };
 
+/* One script: the groups (sub-batches) it carries, in order. */
+struct rd_call {
+	struct rd_node *n;
+	unsigned ng;
+	size_t nrate;    /* distinct rate keys (the first KEYS) */
+	int64_t last_now;
+	struct rd_group *g[];
+};
+
 struct rd_buf {
 	char *p;
 	size_t len, cap;
 	bool oom;
+};
+
+/* a distinct key of the script being formatted */
+struct rd_ukey {
+	const char *str;
+	size_t len;
+	uint32_t hash;
+	uint16_t ord; /* 1-based among the rate keys, or among the blob keys */
+	bool blob;
 };
 
 struct rd_store {
@@ -339,10 +418,21 @@ struct rd_store {
 	struct rd_group parked; /* sentinel of the parked groups */
 	ev_timer park_timer;
 	ev_timer watchdog;
+	ev_prepare flusher; /* sends the queued groups before the loop polls */
 
 	char sha[41];
 	bool have_sha;
-	struct rd_buf cmd; /* the command being formatted */
+	struct rd_buf cmd;  /* the command being formatted */
+	struct rd_buf prog; /* its program (ARGV[1]) */
+	/* formatting scratch: distinct keys and their hash table */
+	struct rd_ukey *uk;
+	uint16_t *uh;
+	size_t uk_cap, uh_cap;
+	struct gcra_tat *run; /* a reply's windows, as the sub-batches leave them */
+	size_t run_cap;
+	unsigned disagree_logged;
+
+	struct rd_list *lists; /* list() runs not finished */
 
 	struct rd_episode ep; /* the cluster as a whole: map, coverage */
 	struct store_stats st;
@@ -352,12 +442,17 @@ struct rd_store {
 static const struct store_backend rd_backend;
 
 static void rd_group_send(struct rd_group *g);
-static void rd_group_reply_fn(redisAsyncContext *ac, void *r, void *priv);
+static void rd_call_reply_fn(redisAsyncContext *ac, void *r, void *priv);
 static void rd_batch_check_done(struct rd_batch *b);
 static void rd_batch_maybe_free(struct rd_batch *b);
 static void rd_refresh_want(struct rd_store *s);
 static void rd_node_connect(struct rd_node *n);
 static void rd_park_kick(struct rd_store *s);
+static void rd_park(struct rd_group *g, double delay);
+static void rd_unpark(struct rd_group *g);
+static void rd_group_fail(struct rd_group *g, struct rd_node *n, const char *why);
+static void rd_node_drain(struct rd_node *n, const char *why);
+static void rd_node_requeue(struct rd_node *n);
 
 /* ---- small helpers ---- */
 
@@ -848,6 +943,7 @@ static void rd_node_down(struct rd_node *n, const char *why)
 	if (s->refresh_node == n)
 		s->refresh_node = NULL;
 	rd_refresh_want(s);
+	rd_node_drain(n, why);
 }
 
 /* hiredis is freeing ac (error, or our redisAsyncFree()): forget it */
@@ -891,6 +987,7 @@ static void rd_node_retire(struct rd_node *n)
 	rd_ep_ok(s, &n->ep, n->name, "left the cluster map", true);
 	if (s->refresh_node == n)
 		s->refresh_node = NULL;
+	rd_node_requeue(n);
 	if (ac == NULL)
 		return;
 	if (n->draining) {
@@ -1098,6 +1195,7 @@ static struct rd_node *rd_node_add(struct rd_store *s, const char *host, unsigne
 		snprintf(n->name, sizeof(n->name), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host,
 		         port);
 	n->backoff = RD_BACKOFF_MIN;
+	n->queue.next = n->queue.prev = &n->queue;
 	ev_timer_init(&n->timer, rd_node_timer_cb, 0., 0.);
 	n->timer.data = n;
 	s->nodes[s->nnodes++] = n;
@@ -1511,101 +1609,9 @@ static struct rd_batch *rd_batch_new(struct rd_store *s, const struct store_op *
 		if (rd_is_kv(op->kind))
 			b->groups[b->keys[k].group].nkv++;
 	}
-	/* KEYS of a group: its rate keys, then its blob keys, each in order */
-	for (size_t g = 0; g < b->ngroups; g++) {
-		uint8_t r = 0, kb = b->groups[g].nrate;
-		for (size_t k = 0; k < b->nkeys; k++)
-			if (b->keys[k].group == g)
-				b->keys[k].gidx = b->keys[k].blob ? ++kb : ++r;
-	}
 	ev_timer_init(&b->deadline, rd_deadline_cb, s->cmd_to, 0.);
 	b->deadline.data = b;
 	return b;
-}
-
-/* cost * period / limit = q + r / limit; q = -1: never (take) / to the floor (refund) */
-static void rd_inc(const struct gcra_window *w, uint64_t cost, bool take, int64_t *q, int64_t *r)
-{
-	unsigned __int128 prod = (unsigned __int128)cost * w->period_us;
-	unsigned __int128 qq = prod / w->limit;
-	if ((take && cost > w->limit) || qq >= RD_EXACT) {
-		*q = -1;
-		*r = 0;
-		return;
-	}
-	*q = (int64_t)qq;
-	*r = (int64_t)(prod % w->limit);
-}
-
-/* The script of group g into s->cmd. */
-static int rd_format_group(struct rd_store *s, const struct rd_group *g)
-{
-	const struct rd_batch *b = g->b;
-	size_t gi = (size_t)(g - b->groups), argc = 3 + g->nkeys + 3, nops = 0;
-	for (size_t i = 0; i < b->n; i++) {
-		enum store_op_kind kind = b->ops[i].kind;
-		if (b->keys[b->opkey[i]].group != gi)
-			continue;
-		nops++;
-		if (kind == STORE_PUT)
-			argc += 5 + 3;
-		else if (kind == STORE_CLEAR || rd_is_kv(kind))
-			argc += 5;
-		else
-			argc += 5 + 4 * (size_t)b->ops[i].nwin;
-	}
-	struct rd_buf *c = &s->cmd;
-	rd_buf_reset(c);
-	rd_buf_head(c, '*', argc);
-	if (s->have_sha) {
-		rd_buf_str(c, "EVALSHA");
-		rd_buf_arg(c, s->sha, 40);
-	} else {
-		rd_buf_str(c, "EVAL");
-		rd_buf_arg(c, RD_SCRIPT, sizeof(RD_SCRIPT) - 1);
-	}
-	rd_buf_int(c, g->nkeys);
-	for (int blob = 0; blob < 2; blob++) /* gidx order: rate keys, then blob keys */
-		for (size_t k = 0; k < b->nkeys; k++)
-			if (b->keys[k].group == gi && b->keys[k].blob == blob)
-				rd_buf_arg(c, b->keys[k].str, b->keys[k].len);
-	rd_buf_int(c, b->now);
-	rd_buf_int(c, (int64_t)nops);
-	rd_buf_int(c, g->nrate);
-	for (size_t i = 0; i < b->n; i++) {
-		const struct store_op *op = &b->ops[i];
-		const struct rd_key *key = &b->keys[b->opkey[i]];
-		if (key->group != gi)
-			continue;
-		unsigned nw = op->kind == STORE_CLEAR || rd_is_kv(op->kind) ? 0 : op->nwin;
-		rd_buf_int(c, op->kind);
-		rd_buf_int(c, op->refuse);
-		rd_buf_int(c, key->gidx);
-		rd_buf_int(c, nw);
-		rd_buf_int(c, op->cost == 0);
-		if (op->kind == STORE_PUT) {
-			/* the embedded store's absolute expiry; Redis's PX only collects */
-			uint64_t ttl = op->ttl_us;
-			int64_t exp = 0;
-			if (ttl)
-				exp = ttl > (uint64_t)(INT64_MAX - b->now) ? INT64_MAX
-				                                           : b->now + (int64_t)ttl;
-			rd_buf_int(c, exp);
-			rd_buf_int(c, ttl == 0 || ttl > RD_MAX_PERIOD
-			                  ? 0
-			                  : (int64_t)((ttl + 999) / 1000) + RD_EXPIRE_MARGIN_MS);
-			rd_buf_arg(c, op->vlen ? op->val : "", op->vlen);
-		}
-		for (unsigned k = 0; k < nw; k++) {
-			int64_t q, r;
-			rd_inc(&op->win[k], op->cost, op->kind != STORE_REFUND, &q, &r);
-			rd_buf_int(c, (int64_t)op->win[k].limit);
-			rd_buf_int(c, (int64_t)op->win[k].period_us);
-			rd_buf_int(c, q);
-			rd_buf_int(c, r);
-		}
-	}
-	return c->oom ? -1 : 0;
 }
 
 /* ---- batches: results ---- */
@@ -1673,16 +1679,20 @@ static bool rd_apply(const struct store_op *op, struct gcra_tat *cur, int64_t no
 	return op->refuse && (op->kind == STORE_TAKE || op->kind == STORE_PEEK) && !r->conform;
 }
 
-/* The batch on the windows the scripts read; returns the refusal. */
-static bool rd_replay(const struct rd_batch *b, struct store_result *res)
+/* The ops of group gi (every group: gi < 0) on the windows in b->orig;
+ * returns the refusal.  res: one result per op (only gi's are set when
+ * gi >= 0); cur: the windows they leave, b->nkeys * RD_W. */
+static bool rd_replay(const struct rd_batch *b, int gi, struct store_result *res,
+                      struct gcra_tat *cur)
 {
-	struct gcra_tat cur[STORE_MAX_BATCH * RD_W];
 	size_t nt = b->nkeys * RD_W;
 	for (size_t i = 0; i < nt; i++)
 		cur[i] = rd_canon(b->orig[i], b->now);
 	memset(res, 0, b->n * sizeof(*res));
 	bool refused = false;
 	for (size_t i = 0; i < b->n; i++) {
+		if (gi >= 0 && b->keys[b->opkey[i]].group != gi)
+			continue;
 		if (rd_is_kv(b->ops[i].kind)) { /* what the script saw and did */
 			res[i].conform = true;
 			res[i].window = -1;
@@ -1698,68 +1708,385 @@ static bool rd_replay(const struct rd_batch *b, struct store_result *res)
 	if (refused) {
 		for (size_t i = 0; i < nt; i++)
 			cur[i] = rd_canon(b->orig[i], b->now);
-		for (size_t i = 0; i < b->n; i++)
-			if (!rd_is_kv(b->ops[i].kind))
-				(void)rd_apply(&b->ops[i], &cur[(size_t)b->opkey[i] * RD_W], b->now,
-				               &res[i], false);
+		for (size_t i = 0; i < b->n; i++) {
+			if (rd_is_kv(b->ops[i].kind) ||
+			    (gi >= 0 && b->keys[b->opkey[i]].group != gi))
+				continue;
+			(void)rd_apply(&b->ops[i], &cur[(size_t)b->opkey[i] * RD_W], b->now, &res[i],
+			               false);
+		}
 	}
 	return refused;
 }
 
-static const char rd_empty[1];
+/* ---- scripts: formatting ---- */
 
-/* The script's reply for group g: refusal, the windows it read, blob results. */
-static int rd_parse_reply(struct rd_group *g, const redisReply *reply)
+/* cost * period / limit = q + r / limit; q = -1: never (take) / to the floor (refund) */
+static void rd_inc(const struct gcra_window *w, uint64_t cost, bool take, int64_t *q, int64_t *r)
 {
-	struct rd_batch *b = g->b;
-	size_t gi = (size_t)(g - b->groups), nw = 1 + 2 * RD_W * (size_t)g->nrate;
-	if (reply->type != REDIS_REPLY_ARRAY || reply->elements != nw + 2 * (size_t)g->nkv)
-		return -1;
-	for (size_t i = 0; i < reply->elements; i++) {
-		const redisReply *e = reply->element[i];
-		bool value = i >= nw && (i - nw) % 2 == 1;
-		if (value ? e->type != REDIS_REPLY_STRING || e->len > STORE_MAX_VALUE
-		          : e->type != REDIS_REPLY_INTEGER || e->integer < 0)
+	unsigned __int128 prod = (unsigned __int128)cost * w->period_us;
+	unsigned __int128 qq = prod / w->limit;
+	if ((take && cost > w->limit) || qq >= RD_EXACT) {
+		*q = -1;
+		*r = 0;
+		return;
+	}
+	*q = (int64_t)qq;
+	*r = (int64_t)(prod % w->limit);
+}
+
+static uint32_t rd_hash(const char *p, size_t len)
+{
+	uint32_t h = 2166136261u; /* FNV-1a */
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (unsigned char)p[i]) * 16777619u;
+	return h;
+}
+
+static int rd_scratch(struct rd_store *s, size_t nkeys)
+{
+	if (s->uk_cap < nkeys) {
+		struct rd_ukey *u = realloc(s->uk, nkeys * sizeof(*u));
+		if (u == NULL)
 			return -1;
+		s->uk = u;
+		s->uk_cap = nkeys;
 	}
-	g->refused = reply->element[0]->integer != 0;
-	for (size_t k = 0; k < b->nkeys; k++) {
-		if (b->keys[k].group != gi || b->keys[k].blob)
-			continue;
-		size_t base = 1 + 2 * RD_W * (size_t)(b->keys[k].gidx - 1);
-		for (size_t w = 0; w < RD_W; w++) {
-			b->orig[k * RD_W + w].us = (int64_t)reply->element[base + 2 * w]->integer;
-			b->orig[k * RD_W + w].rem =
-			    (uint64_t)reply->element[base + 2 * w + 1]->integer;
-		}
-	}
-	size_t e = nw;
-	for (size_t i = 0; i < b->n; i++) {
-		if (!rd_is_kv(b->ops[i].kind) || b->keys[b->opkey[i]].group != gi)
-			continue;
-		struct rd_kv *kv = &b->kv[i];
-		const redisReply *v = reply->element[e + 1];
-		kv->found = reply->element[e]->integer != 0;
-		e += 2;
-		if (kv->val && kv->val != rd_empty) /* a late reply after an earlier one */
-			free((void *)kv->val);
-		kv->val = NULL;
-		kv->vlen = 0;
-		if (!kv->found || b->ops[i].kind != STORE_GET)
-			continue;
-		kv->val = rd_empty;
-		if (v->len > 0) {
-			void *copy = malloc(v->len);
-			if (copy == NULL)
-				return -1;
-			memcpy(copy, v->str, v->len);
-			kv->val = copy;
-			kv->vlen = v->len;
-		}
+	size_t hc = 64;
+	while (hc < 2 * nkeys)
+		hc *= 2;
+	if (s->uh_cap < hc) {
+		uint16_t *h = realloc(s->uh, hc * sizeof(*h));
+		if (h == NULL)
+			return -1;
+		s->uh = h;
+		s->uh_cap = hc;
 	}
 	return 0;
 }
 
+/*
+ * Number the call's distinct keys (rate keys first, in order of first
+ * use, then blob keys): key->ckey of every key of every group.  Returns the
+ * number of distinct keys, -1 without memory.
+ */
+static long rd_call_keys(struct rd_store *s, struct rd_call *c)
+{
+	size_t upper = 0, nu = 0, nrate = 0, nblob = 0;
+	for (unsigned i = 0; i < c->ng; i++)
+		upper += c->g[i]->nkeys;
+	if (rd_scratch(s, upper) < 0)
+		return -1;
+	size_t hc = 64;
+	while (hc < 2 * upper)
+		hc *= 2;
+	memset(s->uh, 0, hc * sizeof(*s->uh));
+	for (unsigned i = 0; i < c->ng; i++) {
+		struct rd_batch *b = c->g[i]->b;
+		size_t gi = (size_t)(c->g[i] - b->groups);
+		for (size_t k = 0; k < b->nkeys; k++) {
+			struct rd_key *key = &b->keys[k];
+			if (key->group != gi)
+				continue;
+			uint32_t h = rd_hash(key->str, key->len);
+			size_t slot = h & (hc - 1);
+			while (s->uh[slot]) {
+				const struct rd_ukey *u = &s->uk[s->uh[slot] - 1];
+				if (u->hash == h && u->len == key->len &&
+				    memcmp(u->str, key->str, key->len) == 0)
+					break;
+				slot = (slot + 1) & (hc - 1);
+			}
+			if (s->uh[slot] == 0) {
+				struct rd_ukey *u = &s->uk[nu];
+				u->str = key->str;
+				u->len = key->len;
+				u->hash = h;
+				u->blob = key->blob;
+				u->ord = (uint16_t)(key->blob ? ++nblob : ++nrate);
+				s->uh[slot] = (uint16_t)++nu;
+			}
+			key->ckey = s->uh[slot];
+		}
+	}
+	for (unsigned i = 0; i < c->ng; i++) {
+		struct rd_batch *b = c->g[i]->b;
+		size_t gi = (size_t)(c->g[i] - b->groups);
+		for (size_t k = 0; k < b->nkeys; k++) {
+			struct rd_key *key = &b->keys[k];
+			if (key->group != gi)
+				continue;
+			const struct rd_ukey *u = &s->uk[key->ckey - 1];
+			key->ckey = (uint16_t)(u->blob ? nrate + u->ord : u->ord);
+		}
+	}
+	c->nrate = nrate;
+	return (long)nu;
+}
+
+static void rd_buf_u8(struct rd_buf *c, unsigned v)
+{
+	char x = (char)(v & 0xff);
+	rd_buf_raw(c, &x, 1);
+}
+
+static void rd_buf_u16(struct rd_buf *c, unsigned v)
+{
+	char x[2] = {(char)(v & 0xff), (char)((v >> 8) & 0xff)};
+	rd_buf_raw(c, x, 2);
+}
+
+static void rd_put_dbl(char out[8], double d)
+{
+	uint64_t bits;
+	memcpy(&bits, &d, sizeof(bits));
+	for (int i = 0; i < 8; i++)
+		out[i] = (char)((bits >> (8 * i)) & 0xff);
+}
+
+static double rd_get_dbl(const char *p)
+{
+	uint64_t bits = 0;
+	for (int i = 7; i >= 0; i--)
+		bits = (bits << 8) | (unsigned char)p[i];
+	double d;
+	memcpy(&d, &bits, sizeof(d));
+	return d;
+}
+
+static void rd_buf_dbl(struct rd_buf *c, double d)
+{
+	char x[8];
+	rd_put_dbl(x, d);
+	rd_buf_raw(c, x, 8);
+}
+
+/* a PUT's absolute expiry (0: never) and the PX of its key (0: none) */
+static void rd_put_expiry(const struct store_op *op, int64_t now, int64_t *exp, int64_t *px)
+{
+	uint64_t ttl = op->ttl_us;
+	*exp = 0;
+	if (ttl)
+		*exp = ttl > (uint64_t)(INT64_MAX - now) ? INT64_MAX : now + (int64_t)ttl;
+	*px = ttl == 0 || ttl > RD_MAX_PERIOD ? 0
+	                                      : (int64_t)((ttl + 999) / 1000) + RD_EXPIRE_MARGIN_MS;
+}
+
+/* The script of call c into s->cmd (its program through s->prog). */
+static int rd_call_format(struct rd_store *s, struct rd_call *c)
+{
+	long nu = rd_call_keys(s, c);
+	if (nu < 0)
+		return -1;
+	struct rd_buf *p = &s->prog, *cmd = &s->cmd;
+	rd_buf_reset(p);
+	rd_buf_u16(p, (unsigned)c->nrate);
+	rd_buf_u16(p, c->ng);
+	unsigned argi = 1; /* ARGV[1] is the program */
+	for (unsigned i = 0; i < c->ng; i++) {
+		const struct rd_batch *b = c->g[i]->b;
+		size_t gi = (size_t)(c->g[i] - b->groups), nops = 0;
+		for (size_t k = 0; k < b->n; k++)
+			nops += b->keys[b->opkey[k]].group == gi;
+		rd_buf_dbl(p, (double)b->now);
+		rd_buf_u16(p, (unsigned)nops);
+		for (size_t k = 0; k < b->n; k++) {
+			const struct store_op *op = &b->ops[k];
+			const struct rd_key *key = &b->keys[b->opkey[k]];
+			if (key->group != gi)
+				continue;
+			unsigned nw = op->kind == STORE_CLEAR || rd_is_kv(op->kind) ? 0 : op->nwin;
+			rd_buf_u8(p, op->kind);
+			rd_buf_u8(p, op->refuse);
+			rd_buf_u16(p, key->ckey);
+			rd_buf_u8(p, nw);
+			rd_buf_u8(p, op->cost == 0);
+			if (op->kind == STORE_PUT) {
+				int64_t exp, px;
+				rd_put_expiry(op, b->now, &exp, &px);
+				unsigned vi = ++argi;
+				rd_buf_u16(p, vi);
+				rd_buf_u16(p, px ? ++argi : 0);
+			}
+			for (unsigned w = 0; w < nw; w++) {
+				int64_t q, r;
+				rd_inc(&op->win[w], op->cost, op->kind != STORE_REFUND, &q, &r);
+				rd_buf_dbl(p, (double)op->win[w].limit);
+				rd_buf_dbl(p, (double)op->win[w].period_us);
+				rd_buf_dbl(p, (double)q);
+				rd_buf_dbl(p, (double)r);
+			}
+		}
+	}
+	if (p->oom)
+		return -1;
+
+	rd_buf_reset(cmd);
+	rd_buf_head(cmd, '*', 3 + (size_t)nu + argi);
+	if (s->have_sha) {
+		rd_buf_str(cmd, "EVALSHA");
+		rd_buf_arg(cmd, s->sha, 40);
+	} else {
+		rd_buf_str(cmd, "EVAL");
+		rd_buf_arg(cmd, RD_SCRIPT, sizeof(RD_SCRIPT) - 1);
+	}
+	rd_buf_int(cmd, nu);
+	for (int blob = 0; blob < 2; blob++)
+		for (long k = 0; k < nu; k++)
+			if (s->uk[k].blob == blob)
+				rd_buf_arg(cmd, s->uk[k].str, s->uk[k].len);
+	rd_buf_arg(cmd, p->p, p->len);
+	for (unsigned i = 0; i < c->ng; i++) {
+		const struct rd_batch *b = c->g[i]->b;
+		size_t gi = (size_t)(c->g[i] - b->groups);
+		for (size_t k = 0; k < b->n; k++) {
+			const struct store_op *op = &b->ops[k];
+			if (op->kind != STORE_PUT || b->keys[b->opkey[k]].group != gi)
+				continue;
+			int64_t exp, px;
+			char head[RD_BLOB_HEAD];
+			rd_put_expiry(op, b->now, &exp, &px);
+			rd_put_dbl(head, (double)exp);
+			rd_buf_head(cmd, '$', RD_BLOB_HEAD + op->vlen);
+			rd_buf_raw(cmd, head, RD_BLOB_HEAD);
+			rd_buf_raw(cmd, op->vlen ? op->val : "", op->vlen);
+			rd_buf_raw(cmd, "\r\n", 2);
+			if (px)
+				rd_buf_int(cmd, px);
+		}
+	}
+	return cmd->oom ? -1 : 0;
+}
+
+/* ---- scripts: replies ---- */
+
+static const char rd_empty[1];
+
+/* RD_STATE_LEN bytes -> RD_W windows; -1 unless whole numbers in range */
+static int rd_state_decode(const char *p, struct gcra_tat *t)
+{
+	for (size_t w = 0; w < RD_W; w++) {
+		double u = rd_get_dbl(p + 16 * w), r = rd_get_dbl(p + 16 * w + 8);
+		if (!(u >= 0 && u <= (double)RD_EXACT && r >= 0 && r < (double)RD_EXACT) ||
+		    u != floor(u) || r != floor(r))
+			return -1;
+		t[w].us = (int64_t)u;
+		t[w].rem = (uint64_t)r;
+	}
+	return 0;
+}
+
+/* a blob op's outcome from the raw value the script saw before it */
+static int rd_kv_set(struct rd_batch *b, size_t i, const redisReply *v)
+{
+	struct rd_kv *kv = &b->kv[i];
+	if (kv->val && kv->val != rd_empty)
+		free((void *)kv->val);
+	kv->val = NULL;
+	kv->vlen = 0;
+	kv->found = false;
+	if (v->len < RD_BLOB_HEAD)
+		return 0;
+	double x = rd_get_dbl(v->str);
+	kv->found = x == 0 || x > (double)b->now;
+	if (!kv->found || b->ops[i].kind != STORE_GET)
+		return 0;
+	kv->val = rd_empty;
+	if (v->len > RD_BLOB_HEAD) {
+		void *copy = malloc(v->len - RD_BLOB_HEAD);
+		if (copy == NULL)
+			return -1;
+		memcpy(copy, v->str + RD_BLOB_HEAD, v->len - RD_BLOB_HEAD);
+		kv->val = copy;
+		kv->vlen = v->len - RD_BLOB_HEAD;
+	}
+	return 0;
+}
+
+static bool rd_same_window(struct gcra_tat a, struct gcra_tat b, int64_t now)
+{
+	a = rd_canon(a, now);
+	b = rd_canon(b, now);
+	return a.us == b.us && a.rem == b.rem;
+}
+
+/*
+ * The reply of call c: for each group in order, the windows of its keys
+ * before it (into b->orig, from the keys as read and the groups before it,
+ * replayed by gcra.c), its blob results and the script's refusal; then the
+ * state derived for every key is checked against the one the script left.
+ */
+static int rd_call_parse(struct rd_store *s, struct rd_call *c, const redisReply *reply)
+{
+	size_t nkv = 0, nr = c->nrate;
+	for (unsigned i = 0; i < c->ng; i++)
+		nkv += c->g[i]->nkv;
+	if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 + nkv)
+		return -1;
+	for (size_t i = 0; i < reply->elements; i++)
+		if (reply->element[i]->type != REDIS_REPLY_STRING)
+			return -1;
+	const redisReply *flags = reply->element[0], *in = reply->element[1],
+	                 *left = reply->element[2];
+	if (flags->len != c->ng || in->len != nr * RD_STATE_LEN || left->len != nr * RD_STATE_LEN)
+		return -1;
+	if (s->run_cap < nr * RD_W) {
+		struct gcra_tat *t = realloc(s->run, nr * RD_W * sizeof(*t));
+		if (t == NULL)
+			return -1;
+		s->run = t;
+		s->run_cap = nr * RD_W;
+	}
+	for (size_t k = 0; k < nr; k++)
+		if (rd_state_decode(in->str + k * RD_STATE_LEN, &s->run[k * RD_W]) < 0)
+			return -1;
+	size_t e = 3;
+	struct store_result res[STORE_MAX_BATCH];
+	struct gcra_tat cur[STORE_MAX_BATCH * RD_W];
+	for (unsigned i = 0; i < c->ng; i++) {
+		struct rd_group *g = c->g[i];
+		struct rd_batch *b = g->b;
+		size_t gi = (size_t)(g - b->groups);
+		for (size_t k = 0; k < b->nkeys; k++) {
+			if (b->keys[k].group != gi || b->keys[k].blob)
+				continue;
+			memcpy(&b->orig[k * RD_W], &s->run[(size_t)(b->keys[k].ckey - 1) * RD_W],
+			       RD_W * sizeof(*cur));
+		}
+		for (size_t k = 0; k < b->n; k++) {
+			if (!rd_is_kv(b->ops[k].kind) || b->keys[b->opkey[k]].group != gi)
+				continue;
+			if (rd_kv_set(b, k, reply->element[e++]) < 0)
+				return -1;
+		}
+		g->refused = flags->str[i] == '1';
+		(void)rd_replay(b, (int)gi, res, cur);
+		for (size_t k = 0; k < b->nkeys; k++) {
+			if (b->keys[k].group != gi || b->keys[k].blob)
+				continue;
+			memcpy(&s->run[(size_t)(b->keys[k].ckey - 1) * RD_W], &cur[k * RD_W],
+			       RD_W * sizeof(*cur));
+		}
+	}
+	for (size_t k = 0; k < nr; k++) {
+		struct gcra_tat t[RD_W];
+		bool same = rd_state_decode(left->str + k * RD_STATE_LEN, t) == 0;
+		for (size_t w = 0; w < RD_W && same; w++)
+			same = rd_same_window(t[w], s->run[k * RD_W + w], c->last_now);
+		if (same)
+			continue;
+		s->rs.errors++;
+		s->st.errors++;
+		if (s->disagree_logged < 10) {
+			s->disagree_logged++;
+			rd_log(s, STORE_REDIS_LOG_ERR,
+			       "redis: the script left a key in another state than gcra.c "
+			       "computed (%zu sub-batches)",
+			       (size_t)c->ng);
+		}
+	}
+	return 0;
+}
 /* ---- batches: answers ---- */
 
 static void rd_batch_start(struct rd_store *s, const struct store_op *ops, size_t n, int64_t now,
@@ -1774,10 +2101,11 @@ static void rd_compensate(struct rd_batch *b, struct rd_group *only)
 	struct rd_store *s = b->s;
 	struct store_result res[STORE_MAX_BATCH];
 	struct store_op ops[STORE_MAX_BATCH];
+	struct gcra_tat cur[STORE_MAX_BATCH * RD_W];
 	size_t m = 0;
 	if (b->cb == NULL) /* a compensation is not compensated */
 		return;
-	(void)rd_replay(b, res); /* res[].conform: the verdicts the scripts reached */
+	(void)rd_replay(b, -1, res, cur); /* res[].conform: the verdicts the scripts reached */
 	for (size_t i = 0; i < b->n; i++) {
 		const struct store_op *op = &b->ops[i];
 		struct rd_group *g = &b->groups[b->keys[b->opkey[i]].group];
@@ -1847,7 +2175,8 @@ static void rd_batch_finish(struct rd_batch *b)
 		return;
 	}
 	struct store_result res[STORE_MAX_BATCH];
-	bool refused = rd_replay(b, res);
+	struct gcra_tat cur[STORE_MAX_BATCH * RD_W];
+	bool refused = rd_replay(b, -1, res, cur);
 	if (refused != grefused) {
 		/* cannot happen unless the script and gcra.c disagree */
 		s->rs.errors++;
@@ -1936,7 +2265,7 @@ static void rd_deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	rd_batch_maybe_free(b);
 }
 
-/* ---- batches: sending and replies ---- */
+/* ---- scripts: sending ---- */
 
 static struct rd_node *rd_route(struct rd_store *s, const struct rd_group *g)
 {
@@ -1944,6 +2273,125 @@ static struct rd_node *rd_route(struct rd_store *s, const struct rd_group *g)
 		return s->nodes[0];
 	unsigned i = s->slots[g->slot];
 	return i ? s->nodes[i - 1] : NULL;
+}
+
+static void rd_flush_start(struct rd_store *s)
+{
+	if (!s->closing && !ev_is_active(&s->flusher))
+		ev_prepare_start(s->loop, &s->flusher);
+}
+
+/* fail every group of an unsent call, and free it */
+static void rd_call_fail(struct rd_call *c, struct rd_node *n, const char *why)
+{
+	for (unsigned i = 0; i < c->ng; i++) {
+		struct rd_batch *b = c->g[i]->b;
+		b->refs++;
+		rd_group_fail(c->g[i], n, why);
+		b->refs--;
+		rd_batch_maybe_free(b);
+	}
+	free(c);
+}
+
+static void rd_call_send(struct rd_node *n, struct rd_call *c, bool asking)
+{
+	struct rd_store *s = n->s;
+	c->n = n;
+	c->last_now = 0;
+	for (unsigned i = 0; i < c->ng; i++)
+		if (c->g[i]->b->now > c->last_now)
+			c->last_now = c->g[i]->b->now;
+	if (rd_call_format(s, c) < 0) {
+		rd_call_fail(c, NULL, "out of memory");
+		return;
+	}
+	if (asking && redisAsyncCommand(n->ac, NULL, NULL, "ASKING") != REDIS_OK) {
+		rd_call_fail(c, n, "cannot send");
+		return;
+	}
+	if (redisAsyncFormattedCommand(n->ac, rd_call_reply_fn, c, s->cmd.p, s->cmd.len) !=
+	    REDIS_OK) {
+		rd_call_fail(c, n, "cannot send");
+		return;
+	}
+	for (unsigned i = 0; i < c->ng; i++) {
+		struct rd_group *g = c->g[i];
+		g->state = RD_G_SENT;
+		g->node = n;
+		g->asked = asking;
+		g->b->refs++;
+	}
+	rd_node_busy(n);
+	s->rs.scripts++;
+	s->rs.groups += c->ng;
+	if (!s->have_sha)
+		s->rs.evals++;
+}
+
+/*
+ * The next script from n's queue: the first group and the groups after it
+ * for the same slot, in order, with non-decreasing `now`, within the
+ * limits of one script.  NULL without memory.
+ */
+static struct rd_call *rd_call_take(struct rd_node *n)
+{
+	struct rd_group *h = &n->queue, *first = h->next;
+	unsigned ng = 0;
+	size_t keys = 0;
+	int64_t last = INT64_MIN;
+	for (struct rd_group *g = first; g != h; g = g->next) {
+		if (g->slot != first->slot)
+			continue;
+		if (ng == RD_CALL_MAX_GROUPS || keys + g->nkeys > RD_CALL_MAX_KEYS ||
+		    g->b->now < last)
+			break;
+		ng++;
+		keys += g->nkeys;
+		last = g->b->now;
+	}
+	struct rd_call *c = malloc(sizeof(*c) + ng * sizeof(c->g[0]));
+	if (c == NULL)
+		return NULL;
+	c->ng = 0;
+	for (struct rd_group *g = first, *nx; g != h && c->ng < ng; g = nx) {
+		nx = g->next;
+		if (g->slot != first->slot)
+			continue;
+		rd_unpark(g);
+		c->g[c->ng++] = g;
+	}
+	return c;
+}
+
+/* Send n's queued groups, as few scripts as the in-flight limit allows. */
+static void rd_node_flush(struct rd_node *n)
+{
+	while (n->queue.next != &n->queue && n->outstanding < RD_MAX_INFLIGHT) {
+		if (n->ac == NULL || (n->state != RD_CONNECTING && n->state != RD_READY))
+			return; /* cannot happen: rd_node_down() empties the queue */
+		struct rd_call *c = rd_call_take(n);
+		if (c == NULL) {
+			struct rd_group *g = n->queue.next;
+			struct rd_batch *b = g->b;
+			rd_unpark(g);
+			b->refs++;
+			rd_group_fail(g, NULL, "out of memory");
+			b->refs--;
+			rd_batch_maybe_free(b);
+			continue;
+		}
+		rd_call_send(n, c, false);
+	}
+}
+
+static void rd_flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+	(void)revents;
+	struct rd_store *s = w->data;
+	ev_prepare_stop(loop, w);
+	for (unsigned i = 0; i < s->nnodes; i++)
+		rd_node_flush(s->nodes[i]);
 }
 
 static void rd_group_send(struct rd_group *g)
@@ -1980,30 +2428,66 @@ static void rd_group_send(struct rd_group *g)
 		rd_park(g, RD_PARK_DOWN);
 		return;
 	}
-	if (rd_format_group(s, g) < 0) {
-		rd_group_fail(g, NULL, "out of memory");
+	if (asking) { /* ASKING covers the next command only: a script of its own */
+		struct rd_call *c = malloc(sizeof(*c) + sizeof(c->g[0]));
+		if (c == NULL) {
+			rd_group_fail(g, NULL, "out of memory");
+			return;
+		}
+		c->ng = 1;
+		c->g[0] = g;
+		rd_call_send(n, c, true);
 		return;
 	}
-	if (asking && redisAsyncCommand(n->ac, NULL, NULL, "ASKING") != REDIS_OK) {
-		rd_group_fail(g, n, "cannot send");
-		return;
-	}
-	if (redisAsyncFormattedCommand(n->ac, rd_group_reply_fn, g, s->cmd.p, s->cmd.len) !=
-	    REDIS_OK) {
-		rd_group_fail(g, n, "cannot send");
-		return;
-	}
-	g->state = RD_G_SENT;
+	struct rd_group *h = &n->queue;
+	g->state = RD_G_QUEUED;
 	g->node = n;
-	g->asked = asking;
-	b->refs++;
-	rd_node_busy(n);
-	s->rs.scripts++;
-	if (!s->have_sha)
-		s->rs.evals++;
+	g->prev = h->prev;
+	g->next = h;
+	h->prev->next = g;
+	h->prev = g;
+	rd_flush_start(s);
 }
 
-/* "SLOT host:port" of a MOVED or ASK error: the node, created if new */
+/*
+ * n went down (or is closing): its queued groups wait for the cluster map
+ * (parked) or fail now.
+ */
+static void rd_node_drain(struct rd_node *n, const char *why)
+{
+	struct rd_store *s = n->s;
+	while (n->queue.next != &n->queue) {
+		struct rd_group *g = n->queue.next;
+		struct rd_batch *b = g->b;
+		rd_unpark(g);
+		g->state = RD_G_NEW;
+		b->refs++;
+		if (s->cluster && !s->closing) {
+			snprintf(b->why, sizeof(b->why), "%s", why);
+			rd_park(g, RD_PARK_DOWN);
+		} else {
+			rd_group_fail(g, n, why);
+		}
+		b->refs--;
+		rd_batch_maybe_free(b);
+	}
+}
+
+/* n left the cluster map: its queued groups go where the map says now */
+static void rd_node_requeue(struct rd_node *n)
+{
+	while (n->queue.next != &n->queue) {
+		struct rd_group *g = n->queue.next;
+		struct rd_batch *b = g->b;
+		rd_unpark(g);
+		g->state = RD_G_NEW;
+		b->refs++;
+		rd_group_send(g);
+		b->refs--;
+		rd_batch_maybe_free(b);
+	}
+}
+
 static struct rd_node *rd_redirect(struct rd_store *s, const struct rd_node *from, const char *e,
                                    unsigned *slot)
 {
@@ -2101,54 +2585,59 @@ static void rd_group_error(struct rd_group *g, struct rd_node *n, const redisRep
 	rd_group_fail(g, n, txt);
 }
 
-/* A reply for a batch already answered; the batch failed: give back its TAKEs. */
-static void rd_late_reply(struct rd_group *g, const redisReply *reply)
+/* A group of a script whose batch was answered meanwhile; if it failed: give back its TAKEs. */
+static void rd_late_group(struct rd_group *g)
 {
 	struct rd_batch *b = g->b;
 	struct rd_store *s = b->s;
-	if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || !b->failed || b->cb == NULL ||
-	    s->failure == STORE_REDIS_FAIL_OPEN)
-		return;
-	if (rd_parse_reply(g, reply) < 0)
+	if (!b->failed || b->cb == NULL || s->failure == STORE_REDIS_FAIL_OPEN)
 		return;
 	rd_compensate(b, g);
 }
 
-static void rd_group_reply_fn(redisAsyncContext *ac, void *r, void *priv)
+static void rd_call_reply_fn(redisAsyncContext *ac, void *r, void *priv)
 {
-	struct rd_group *g = priv;
-	struct rd_batch *b = g->b;
-	struct rd_store *s = b->s;
-	struct rd_node *n = g->node;
+	struct rd_call *c = priv;
+	struct rd_node *n = c->n;
+	struct rd_store *s = n->s;
 	redisReply *reply = r;
 
 	rd_node_replied(n, ac);
 	if (reply == NULL)
 		rd_node_lost(n, ac, "connection lost");
-	if (b->answered) {
-		s->rs.late++;
-		rd_late_reply(g, reply);
-	} else if (g->state != RD_G_SENT) {
-		/* not expected: one script per group in flight */
-	} else if (reply == NULL) {
-		if (s->cluster && !s->closing) {
-			snprintf(b->why, sizeof(b->why), "%s",
-			         n->why[0] ? n->why : "connection lost");
-			rd_park(g, RD_PARK_DOWN);
+	bool parsed = reply && reply->type != REDIS_REPLY_ERROR && rd_call_parse(s, c, reply) == 0;
+	for (unsigned i = 0; i < c->ng; i++) {
+		struct rd_group *g = c->g[i];
+		struct rd_batch *b = g->b;
+		if (b->answered) {
+			s->rs.late++;
+			if (parsed)
+				rd_late_group(g);
+		} else if (g->state != RD_G_SENT) {
+			/* not expected: one script per group in flight */
+		} else if (reply == NULL) {
+			if (s->cluster && !s->closing) {
+				snprintf(b->why, sizeof(b->why), "%s",
+				         n->why[0] ? n->why : "connection lost");
+				rd_park(g, RD_PARK_DOWN);
+			} else {
+				rd_group_fail(g, n, n->why[0] ? n->why : "connection lost");
+			}
+		} else if (reply->type == REDIS_REPLY_ERROR) {
+			rd_group_error(g, n, reply);
+		} else if (!parsed) {
+			rd_group_fail(g, n, "unexpected reply to the script");
 		} else {
-			rd_group_fail(g, n, n->why[0] ? n->why : "connection lost");
+			g->state = RD_G_OK;
+			rd_ep_ok(s, &n->ep, n->name, "available again", false);
+			rd_batch_check_done(b);
 		}
-	} else if (reply->type == REDIS_REPLY_ERROR) {
-		rd_group_error(g, n, reply);
-	} else if (rd_parse_reply(g, reply) < 0) {
-		rd_group_fail(g, n, "unexpected reply to the script");
-	} else {
-		g->state = RD_G_OK;
-		rd_ep_ok(s, &n->ep, n->name, "available again", false);
-		rd_batch_check_done(b);
+		b->refs--;
+		rd_batch_maybe_free(b);
 	}
-	b->refs--;
-	rd_batch_maybe_free(b);
+	free(c);
+	if (n->queue.next != &n->queue)
+		rd_flush_start(s);
 }
 
 static void rd_batch_start(struct rd_store *s, const struct store_op *ops, size_t n, int64_t now,
@@ -2189,6 +2678,444 @@ static void rd_watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents)
 			rd_node_drop(n, why);
 		}
 	}
+}
+
+/* ---- list() ---- */
+
+enum rd_lphase { RD_L_WAIT = 0, RD_L_BUSY };
+
+/* a key of the page: offsets into the page buffer */
+struct rd_lkey {
+	size_t subj, slen, val, vlen;
+	bool have;
+};
+
+struct rd_list {
+	struct rd_store *s;
+	struct rd_list *next;
+	bool ns;
+	uint8_t nwin;
+	struct gcra_window win[STORE_MAX_WINDOWS];
+	int64_t now;
+	bool (*cb)(void *arg, const char *subject, const struct store_result *res);
+	void (*done)(void *arg, enum store_status st);
+	void *arg;
+	char *pattern; /* SCAN ... MATCH */
+	char *suffix;  /* "}:" and the rule as in key names */
+	size_t suffix_len;
+	struct rd_node **masters;
+	unsigned nmasters, mi;
+	char cursor[24];
+	ev_timer timer;
+	enum rd_lphase phase;
+	double wait_until;
+	unsigned pending; /* replies outstanding */
+	bool finished;    /* done() called */
+	char *buf;        /* the page: subjects and values */
+	size_t blen, bcap;
+	struct rd_lkey *keys;
+	size_t nkeys, kcap, got;
+};
+
+static void rd_list_step(struct rd_list *L);
+
+static void rd_list_free(struct rd_list *L)
+{
+	free(L->pattern);
+	free(L->suffix);
+	free(L->masters);
+	free(L->buf);
+	free(L->keys);
+	free(L);
+}
+
+static void rd_list_maybe_free(struct rd_list *L)
+{
+	if (L->finished && L->pending == 0)
+		rd_list_free(L);
+}
+
+static void rd_list_finish(struct rd_list *L, enum store_status st, const char *why)
+{
+	struct rd_store *s = L->s;
+	if (L->finished)
+		return;
+	L->finished = true;
+	ev_timer_stop(s->loop, &L->timer);
+	for (struct rd_list **p = &s->lists; *p; p = &(*p)->next)
+		if (*p == L) {
+			*p = L->next;
+			break;
+		}
+	if (st != STORE_OK) {
+		s->st.errors++;
+		snprintf(s->pub.err, sizeof(s->pub.err), "redis list: %s", why);
+		rd_log(s, STORE_REDIS_LOG_WARN, "redis: listing keys failed: %s", why);
+	}
+	L->done(L->arg, st);
+	rd_list_maybe_free(L);
+}
+
+static void rd_list_timer(struct rd_list *L, double after)
+{
+	ev_timer_stop(L->s->loop, &L->timer);
+	ev_timer_set(&L->timer, after, 0.);
+	ev_timer_start(L->s->loop, &L->timer);
+}
+
+static void rd_list_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	struct rd_list *L = w->data;
+	if (L->phase == RD_L_BUSY) {
+		char why[RD_WHY + 300];
+		snprintf(why, sizeof(why), "no answer from %s in time",
+		         L->mi < L->nmasters ? L->masters[L->mi]->name : "the server");
+		rd_list_finish(L, STORE_EUNAVAIL, why);
+		return;
+	}
+	rd_list_step(L);
+}
+
+static double rd_list_step_to(const struct rd_store *s)
+{
+	return 10 * s->cmd_to > 2.0 ? 10 * s->cmd_to : 2.0;
+}
+
+/* The masters to scan: the server, or every node serving slots (all slots served). */
+static int rd_list_masters(struct rd_list *L)
+{
+	struct rd_store *s = L->s;
+	L->masters = calloc(s->nnodes ? s->nnodes : 1, sizeof(*L->masters));
+	if (L->masters == NULL)
+		return -1;
+	if (!s->cluster) {
+		L->masters[L->nmasters++] = s->nodes[0];
+		return 0;
+	}
+	if (!s->have_map)
+		return 1;
+	for (unsigned k = 0; k < RD_SLOTS; k++)
+		if (s->slots[k] == 0)
+			return 1;
+	bool *seen = calloc(s->nnodes, sizeof(*seen));
+	if (seen == NULL)
+		return -1;
+	for (unsigned k = 0; k < RD_SLOTS; k++) {
+		unsigned i = s->slots[k] - 1u;
+		if (!seen[i]) {
+			seen[i] = true;
+			L->masters[L->nmasters++] = s->nodes[i];
+		}
+	}
+	free(seen);
+	return 0;
+}
+
+/* The results of the page, then the next page (or server, or the end). */
+static void rd_list_page_done(struct rd_list *L)
+{
+	for (size_t i = 0; i < L->nkeys; i++) {
+		const struct rd_lkey *k = &L->keys[i];
+		if (!k->have)
+			continue;
+		const char *subj = L->buf + k->subj, *v = L->buf + k->val;
+		struct store_result r;
+		memset(&r, 0, sizeof(r));
+		if (L->ns) {
+			if (k->vlen < RD_BLOB_HEAD)
+				continue;
+			double x = rd_get_dbl(v);
+			if (!(x == 0 || x > (double)L->now))
+				continue;
+			r.conform = true;
+			r.window = -1;
+			r.found = true;
+			r.vlen = k->vlen - RD_BLOB_HEAD;
+			r.val = r.vlen ? v + RD_BLOB_HEAD : NULL;
+		} else {
+			struct gcra_tat cur[RD_W];
+			if (k->vlen != RD_STATE_LEN || rd_state_decode(v, cur) < 0)
+				continue;
+			bool empty = true;
+			for (size_t w = 0; w < RD_W; w++) {
+				cur[w] = rd_canon(cur[w], L->now);
+				empty = empty && cur[w].us == 0 && cur[w].rem == 0;
+			}
+			if (empty)
+				continue;
+			struct store_op op;
+			memset(&op, 0, sizeof(op));
+			op.kind = STORE_PEEK;
+			op.subject = subj;
+			op.nwin = L->nwin;
+			memcpy(op.win, L->win, sizeof(op.win));
+			(void)rd_apply(&op, cur, L->now, &r, true);
+		}
+		if (!L->cb(L->arg, subj, &r)) {
+			rd_list_finish(L, STORE_OK, NULL);
+			return;
+		}
+	}
+	L->nkeys = L->blen = L->got = 0;
+	if (strcmp(L->cursor, "0") == 0)
+		L->mi++;
+	L->phase = RD_L_WAIT;
+	rd_list_step(L);
+}
+
+static int rd_list_grow(struct rd_list *L, size_t more)
+{
+	if (L->bcap - L->blen >= more)
+		return 0;
+	size_t cap = L->bcap ? L->bcap : 4096;
+	while (cap - L->blen < more)
+		cap *= 2;
+	char *p = realloc(L->buf, cap);
+	if (p == NULL)
+		return -1;
+	L->buf = p;
+	L->bcap = cap;
+	return 0;
+}
+
+static void rd_list_get_cb(redisAsyncContext *ac, void *r, void *priv)
+{
+	(void)ac;
+	struct rd_list *L = priv;
+	redisReply *reply = r;
+	L->pending--;
+	if (L->finished) {
+		rd_list_maybe_free(L);
+		return;
+	}
+	if (reply == NULL || (reply->type != REDIS_REPLY_STRING && reply->type != REDIS_REPLY_NIL) ||
+	    L->got >= L->nkeys) {
+		rd_list_finish(L, STORE_EUNAVAIL,
+		               reply == NULL ? "connection lost" : "unexpected reply to GET");
+		return;
+	}
+	struct rd_lkey *k = &L->keys[L->got++];
+	if (reply->type == REDIS_REPLY_STRING) {
+		if (rd_list_grow(L, reply->len + 1) < 0) {
+			rd_list_finish(L, STORE_EINTERNAL, "out of memory");
+			return;
+		}
+		memcpy(L->buf + L->blen, reply->str, reply->len);
+		k->val = L->blen;
+		k->vlen = reply->len;
+		k->have = true;
+		L->blen += reply->len + 1;
+	}
+	if (L->got == L->nkeys)
+		rd_list_page_done(L);
+}
+
+static void rd_list_scan_cb(redisAsyncContext *ac, void *r, void *priv)
+{
+	struct rd_list *L = priv;
+	redisReply *reply = r;
+	L->pending--;
+	if (L->finished) {
+		rd_list_maybe_free(L);
+		return;
+	}
+	if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+	    reply->element[0]->type != REDIS_REPLY_STRING ||
+	    reply->element[0]->len >= sizeof(L->cursor) ||
+	    reply->element[1]->type != REDIS_REPLY_ARRAY) {
+		char why[RD_WHY];
+		if (reply && reply->type == REDIS_REPLY_ERROR) {
+			char e[160];
+			rd_errtext(e, sizeof(e), reply->str, reply->len);
+			snprintf(why, sizeof(why), "SCAN: %s", e);
+		} else {
+			snprintf(why, sizeof(why), "%s",
+			         reply ? "unexpected reply to SCAN" : "connection lost");
+		}
+		rd_list_finish(L, STORE_EUNAVAIL, why);
+		return;
+	}
+	memcpy(L->cursor, reply->element[0]->str, reply->element[0]->len);
+	L->cursor[reply->element[0]->len] = '\0';
+	const redisReply *keys = reply->element[1];
+	L->nkeys = L->blen = L->got = 0;
+	if (L->kcap < keys->elements) {
+		struct rd_lkey *nk = realloc(L->keys, keys->elements * sizeof(*nk));
+		if (nk == NULL) {
+			rd_list_finish(L, STORE_EINTERNAL, "out of memory");
+			return;
+		}
+		L->keys = nk;
+		L->kcap = keys->elements;
+	}
+	for (size_t i = 0; i < keys->elements; i++) {
+		const redisReply *e = keys->element[i];
+		if (e->type != REDIS_REPLY_STRING || e->len < 4 + L->suffix_len ||
+		    memcmp(e->str, "pd:{", 4) != 0 ||
+		    memcmp(e->str + e->len - L->suffix_len, L->suffix, L->suffix_len) != 0)
+			continue;
+		size_t slen = e->len - 4 - L->suffix_len;
+		if (rd_list_grow(L, slen + 1) < 0) {
+			rd_list_finish(L, STORE_EINTERNAL, "out of memory");
+			return;
+		}
+		struct rd_lkey *k = &L->keys[L->nkeys];
+		memcpy(L->buf + L->blen, e->str + 4, slen);
+		L->buf[L->blen + slen] = '\0';
+		k->subj = L->blen;
+		k->slen = slen;
+		k->have = false;
+		L->blen += slen + 1;
+		if (redisAsyncCommand(ac, rd_list_get_cb, L, "GET %b", e->str, e->len) != REDIS_OK) {
+			rd_list_finish(L, STORE_EUNAVAIL, "cannot send");
+			return;
+		}
+		L->pending++;
+		L->nkeys++;
+	}
+	if (L->nkeys == 0) {
+		if (strcmp(L->cursor, "0") == 0)
+			L->mi++;
+		L->phase = RD_L_WAIT;
+		rd_list_step(L);
+		return;
+	}
+	rd_list_timer(L, rd_list_step_to(L->s));
+}
+
+static void rd_list_step(struct rd_list *L)
+{
+	struct rd_store *s = L->s;
+	double now = ev_now(s->loop);
+	if (L->finished)
+		return;
+	if (s->closing) {
+		rd_list_finish(L, STORE_EUNAVAIL, "the store is closing");
+		return;
+	}
+	if (L->masters == NULL || L->nmasters == 0) {
+		free(L->masters);
+		L->masters = NULL;
+		L->nmasters = 0;
+		int rc = rd_list_masters(L);
+		if (rc < 0) {
+			rd_list_finish(L, STORE_EINTERNAL, "out of memory");
+			return;
+		}
+		if (rc > 0) {
+			if (now > L->wait_until) {
+				rd_list_finish(L, STORE_EUNAVAIL, "the cluster map is incomplete");
+				return;
+			}
+			rd_refresh_want(s);
+			rd_list_timer(L, 0.05);
+			return;
+		}
+	}
+	if (L->mi >= L->nmasters) {
+		rd_list_finish(L, STORE_OK, NULL);
+		return;
+	}
+	struct rd_node *n = L->masters[L->mi];
+	if (n->state != RD_READY || n->ac == NULL) {
+		if (now > L->wait_until) {
+			char why[RD_WHY + 300];
+			snprintf(why, sizeof(why), "%s: %s", n->name,
+			         n->why[0] ? n->why : "not connected");
+			rd_list_finish(L, STORE_EUNAVAIL, why);
+			return;
+		}
+		rd_list_timer(L, 0.05);
+		return;
+	}
+	if (redisAsyncCommand(n->ac, rd_list_scan_cb, L, "SCAN %s MATCH %s COUNT %u", L->cursor,
+	                      L->pattern, RD_LIST_COUNT) != REDIS_OK) {
+		rd_list_finish(L, STORE_EUNAVAIL, "cannot send");
+		return;
+	}
+	L->pending++;
+	L->phase = RD_L_BUSY;
+	L->wait_until = now + (s->conn_to > 5.0 ? 2 * s->conn_to : 5.0);
+	rd_list_timer(L, rd_list_step_to(s));
+}
+
+static int rd_list_fn(struct store *pub, const char *name, const struct gcra_window *win,
+                      uint8_t nwin, int64_t now,
+                      bool (*cb)(void *arg, const char *subject, const struct store_result *res),
+                      void (*done)(void *arg, enum store_status st), void *arg)
+{
+	struct rd_store *s = (struct rd_store *)pub;
+	if (cb == NULL || done == NULL) {
+		snprintf(pub->err, sizeof(pub->err), "list without a callback");
+		return -1;
+	}
+	s->rs.lists++;
+	size_t nlen = name ? strnlen(name, STORE_MAX_KEY + 1) : 0;
+	bool ns = nlen > 0 && name[0] == '@';
+	bool bad = nlen == 0 || nlen > STORE_MAX_KEY || (!ns && nwin > STORE_MAX_WINDOWS) ||
+	           now <= 0 || now >= RD_MAX_NOW;
+	for (unsigned k = 0; !bad && !ns && k < nwin; k++)
+		bad = win[k].limit == 0 || win[k].period_us == 0 || win[k].limit > RD_MAX_LIMIT ||
+		      win[k].period_us > RD_MAX_PERIOD;
+	if (bad) {
+		snprintf(pub->err, sizeof(pub->err), "list: bad rule, namespace or windows");
+		s->st.errors++;
+		done(arg, STORE_EINVAL);
+		return 0;
+	}
+	struct rd_list *L = calloc(1, sizeof(*L));
+	char *enc = malloc(3 * nlen + 8);
+	if (L)
+		L->pattern = malloc(6 * nlen + 16);
+	if (L == NULL || enc == NULL || L->pattern == NULL) {
+		free(enc);
+		if (L)
+			rd_list_free(L);
+		snprintf(pub->err, sizeof(pub->err), "list: out of memory");
+		return -1;
+	}
+	/* "pd:{x}:" + the rule as rd_keyname() writes it; then glob-escaped */
+	size_t kl = rd_keyname(enc, name, "x");
+	L->suffix_len = kl - 5; /* after "pd:{x" */
+	L->suffix = malloc(L->suffix_len + 1);
+	if (L->suffix == NULL) {
+		free(enc);
+		rd_list_free(L);
+		snprintf(pub->err, sizeof(pub->err), "list: out of memory");
+		return -1;
+	}
+	memcpy(L->suffix, enc + 5, L->suffix_len + 1);
+	size_t o = 0;
+	memcpy(L->pattern, "pd:{*", 5);
+	o = 5;
+	for (size_t i = 0; i < L->suffix_len; i++) {
+		char ch = L->suffix[i];
+		if (ch == '*' || ch == '?' || ch == '[' || ch == ']' || ch == '\\')
+			L->pattern[o++] = '\\';
+		L->pattern[o++] = ch;
+	}
+	L->pattern[o] = '\0';
+	free(enc);
+	L->s = s;
+	L->ns = ns;
+	L->nwin = ns ? 0 : nwin;
+	if (!ns && nwin)
+		memcpy(L->win, win, nwin * sizeof(*win));
+	L->now = now;
+	L->cb = cb;
+	L->done = done;
+	L->arg = arg;
+	snprintf(L->cursor, sizeof(L->cursor), "0");
+	L->phase = RD_L_WAIT;
+	L->wait_until = ev_now(s->loop) + (s->conn_to > 2.5 ? 2 * s->conn_to : 5.0);
+	ev_timer_init(&L->timer, rd_list_timer_cb, 0., 0.);
+	L->timer.data = L;
+	L->next = s->lists;
+	s->lists = L;
+	rd_list_timer(L, 0.); /* the first step from the loop */
+	return 0;
 }
 
 /* ---- the backend ---- */
@@ -2259,6 +3186,12 @@ static void rd_close(struct store *pub)
 	s->closing = true;
 	ev_timer_stop(s->loop, &s->watchdog);
 	ev_timer_stop(s->loop, &s->refresh_timer);
+	ev_prepare_stop(s->loop, &s->flusher);
+	while (s->lists)
+		rd_list_finish(s->lists, STORE_EUNAVAIL, "the store is closing");
+	/* queued groups were never sent: they fail now */
+	for (unsigned i = 0; i < s->nnodes; i++)
+		rd_node_drain(s->nodes[i], "the store is closing");
 	/* replies still due come back NULL: their batches get STORE_EUNAVAIL */
 	for (unsigned i = 0; i < s->nnodes; i++) {
 		struct rd_node *n = s->nodes[i];
@@ -2291,6 +3224,7 @@ static void rd_close(struct store *pub)
 		rd_batch_maybe_free(b);
 	}
 	ev_timer_stop(s->loop, &s->park_timer);
+	ev_prepare_stop(s->loop, &s->flusher);
 	rd_log(s, STORE_REDIS_LOG_INFO, "redis store %s: closed", s->display);
 	for (unsigned i = 0; i < s->nnodes; i++)
 		free(s->nodes[i]);
@@ -2301,6 +3235,10 @@ static void rd_close(struct store *pub)
 		explicit_bzero(s->cmd.p, s->cmd.cap);
 		free(s->cmd.p);
 	}
+	free(s->prog.p);
+	free(s->uk);
+	free(s->uh);
+	free(s->run);
 	explicit_bzero(&s->url, sizeof(s->url));
 	free(s);
 }
@@ -2311,6 +3249,7 @@ static const struct store_backend rd_backend = {
     .flush = rd_flush,
     .tick = rd_tick,
     .stats = rd_stats,
+    .list = rd_list_fn,
     .close = rd_close,
 };
 
@@ -2353,6 +3292,8 @@ struct store *store_redis_open(struct ev_loop *loop, const struct store_redis_op
 	s->refresh_timer.data = s;
 	ev_timer_init(&s->watchdog, rd_watchdog_cb, 0.1, 0.1);
 	s->watchdog.data = s;
+	ev_prepare_init(&s->flusher, rd_flush_cb);
+	s->flusher.data = s;
 	if (s->cluster) {
 		s->slots = calloc(RD_SLOTS, sizeof(*s->slots));
 		s->new_slots = calloc(RD_SLOTS, sizeof(*s->new_slots));
@@ -2397,3 +3338,4 @@ fail:
 	free(s);
 	return NULL;
 }
+

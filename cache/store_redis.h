@@ -119,6 +119,7 @@ struct store_redis_stats {
 	uint64_t timeouts;      /* batches that ran out of time */
 	uint64_t late;          /* replies that came after their batch was answered */
 	uint64_t scripts;       /* EVALSHA + EVAL sent */
+	uint64_t groups;        /* sub-batches those scripts carried (groups / scripts: merging) */
 	uint64_t evals;         /* of which EVAL (script body) */
 	uint64_t split;         /* batches run as several scripts (cluster) */
 	uint64_t compensations; /* compensating REFUND batches sent */
@@ -129,6 +130,7 @@ struct store_redis_stats {
 	uint64_t conn_errors; /* connections that failed or broke */
 	uint64_t errors;      /* error replies and failures, all kinds */
 	uint64_t episodes;    /* unavailability episodes started */
+	uint64_t lists;       /* list() calls */
 	unsigned nodes;       /* servers known (cluster: masters and replicas) */
 	unsigned nodes_ready; /* of which connected and ready */
 };

@@ -22,6 +22,7 @@
 
 #include "proto/reply.h"
 #include "proto/request.h"
+#include "cache/store_redis.h"
 #include "config_section.h"
 #include "verdict.h"
 
@@ -92,6 +93,10 @@ int config_parse_duration(const char *s, uint64_t *us, char *err, size_t errsz)
 		break;
 	case 'm':
 		mult = 60000000ULL;
+		if (end[1] == 's') { /* ms */
+			mult = 1000ULL;
+			end++;
+		}
 		break;
 	case 'h':
 		mult = 3600000000ULL;
@@ -291,12 +296,43 @@ static int config_server(struct config_ctx *x, const char *name, const char *v)
 	if (!strcmp(name, "listen")) {
 		return config_list_add(x, name, c->listen, &c->nlisten, CONFIG_MAX_LISTEN, v);
 	} else if (!strcmp(name, "store")) {
-		if (strcmp(v, "memory") != 0) {
-			config_seterr(x, "store: '%s' is not supported (memory)", v);
+		if (strcmp(v, "memory") != 0 && strncmp(v, "redis://", 8) != 0 &&
+		    strncmp(v, "redis+unix://", 13) != 0 &&
+		    strncmp(v, "redis-cluster://", 16) != 0) {
+			config_seterr(x,
+			              "store: '%.40s' is not supported (memory, redis://, "
+			              "redis+unix://, redis-cluster://)",
+			              v);
 			return 0;
+		}
+		if (strcmp(v, "memory") != 0) {
+			struct store_redis_url u;
+			char uerr[200];
+			if (store_redis_url_parse(v, &u, uerr, sizeof(uerr)) < 0) {
+				config_seterr(x, "store: %s", uerr);
+				return 0;
+			}
 		}
 		free(c->store);
 		c->store = config_strdup(v);
+	} else if (!strcmp(name, "redis_failure")) {
+		enum store_redis_failure f;
+		if (store_redis_failure_parse(v, &f) < 0) {
+			config_seterr(x, "redis_failure: '%s' (open, closed or local)", v);
+			return 0;
+		}
+		c->redis_failure = (int)f;
+	} else if (!strcmp(name, "redis_timeout") || !strcmp(name, "redis_connect_timeout")) {
+		uint64_t us;
+		if (config_parse_duration(v, &us, err, sizeof(err)) < 0 || us > 60000000ULL ||
+		    us < 1000) {
+			config_seterr(x, "%s: '%s' (1ms .. 60s)", name, v);
+			return 0;
+		}
+		if (name[6] == 't')
+			c->redis_timeout_ms = (unsigned)(us / 1000);
+		else
+			c->redis_connect_timeout_ms = (unsigned)(us / 1000);
 	} else if (!strcmp(name, "state_dir")) {
 		free(c->state_dir);
 		c->state_dir = config_strdup(v);
@@ -367,6 +403,7 @@ static int config_server(struct config_ctx *x, const char *name, const char *v)
 		}
 		free(c->fallback_action);
 		c->fallback_action = config_strdup(v);
+		c->fallback_set = true;
 	} else if (!strcmp(name, "hooks")) {
 		char buf[128];
 		unsigned h = 0;
@@ -439,6 +476,43 @@ static int config_server(struct config_ctx *x, const char *name, const char *v)
 			return 0;
 		}
 		c->socket_mode = (unsigned)m;
+	} else if (!strcmp(name, "control")) {
+		if (strncmp(v, "unix:/", 6) != 0 || strlen(v + 5) >= 108) {
+			config_seterr(x, "control: '%s' (unix:/absolute/path, at most 107 bytes)",
+			              v);
+			return 0;
+		}
+		free(c->control);
+		c->control = config_strdup(v);
+	} else if (!strcmp(name, "control_group")) {
+		if (v[0] == '\0' || strlen(v) > 32) {
+			config_seterr(x, "control_group: '%s' is not a group name", v);
+			return 0;
+		}
+		free(c->control_group);
+		c->control_group = config_strdup(v);
+	} else if (!strcmp(name, "metrics")) {
+		const char *colon = strrchr(v, ':');
+		if (strncmp(v, "inet:", 5) != 0 || colon == NULL || colon == v + 4 ||
+		    config_parse_uint(colon + 1, 1, 65535, &n) < 0) {
+			config_seterr(
+			    x, "metrics: '%s' (inet:ADDRESS:PORT, e.g. inet:127.0.0.1:9187)", v);
+			return 0;
+		}
+		free(c->metrics);
+		c->metrics = config_strdup(v);
+	} else if (!strcmp(name, "metrics_allow_remote")) {
+		if (config_parse_bool(v, &c->metrics_allow_remote) < 0) {
+			config_seterr(x, "metrics_allow_remote: '%s' is not yes or no", v);
+			return 0;
+		}
+	} else if (!strcmp(name, "postfix_config_dir")) {
+		if (v[0] != '/') {
+			config_seterr(x, "postfix_config_dir: '%s' is not an absolute path", v);
+			return 0;
+		}
+		free(c->postfix_config_dir);
+		c->postfix_config_dir = config_strdup(v);
 	} else {
 		config_seterr(x, "unknown parameter '%s' in [server]", name);
 		return 0;
@@ -516,6 +590,11 @@ static int config_rule(struct config_ctx *x, const char *name, const char *v)
 			return 0;
 		}
 		snprintf(r->dsn, sizeof(r->dsn), "%s", v);
+	} else if (!strcmp(name, "flag")) {
+		if (config_parse_bool(v, &r->flag) < 0) {
+			config_seterr(x, "flag: '%s' is not yes or no", v);
+			return 0;
+		}
 	} else if (!strcmp(name, "dry_run")) {
 		if (config_parse_bool(v, &r->dry_run) < 0) {
 			config_seterr(x, "dry_run: '%s' is not yes or no", v);
@@ -937,6 +1016,27 @@ const struct override *config_override(const struct rule *r, const char *subject
 	return NULL;
 }
 
+/* Is "inet:HOST:PORT" on loopback (127.0.0.0/8, ::1, localhost)? */
+static bool config_metrics_loopback(const char *ep)
+{
+	char host[64];
+	const char *h = ep + 5, *colon = strrchr(ep, ':');
+	size_t len = colon && colon > h ? (size_t)(colon - h) : 0;
+
+	if (len == 0 || len >= sizeof(host))
+		return false;
+	memcpy(host, h, len);
+	host[len] = '\0';
+	if (!strcmp(host, "[::1]") || !strcmp(host, "localhost"))
+		return true;
+	if (strncmp(host, "127.", 4) != 0)
+		return false;
+	for (const char *p = host; *p; p++)
+		if (!isdigit((unsigned char)*p) && *p != '.')
+			return false;
+	return true;
+}
+
 struct config *config_load(const char *path, char *err, size_t errsz)
 {
 	struct config_ctx x;
@@ -964,6 +1064,8 @@ struct config *config_load(const char *path, char *err, size_t errsz)
 	c->keyopts.fold_localpart = true;
 	snprintf(c->keyopts.delimiters, sizeof(c->keyopts.delimiters), "+");
 	c->socket_mode = 0660;
+	c->redis_timeout_ms = 200;
+	c->redis_connect_timeout_ms = 1000;
 
 	x.mod = -1;
 	for (int i = 0; config_sections[i]; i++) {
@@ -1003,6 +1105,21 @@ struct config *config_load(const char *path, char *err, size_t errsz)
 	}
 	if (c->nlisten == 0)
 		c->listen[c->nlisten++] = config_strdup("inet:127.0.0.1:10031");
+	/* redis_failure = closed: while Redis is away, defer (unless told otherwise) */
+	if (strcmp(c->store, "memory") != 0 && c->redis_failure == STORE_REDIS_FAIL_CLOSED &&
+	    !c->fallback_set) {
+		free(c->fallback_action);
+		c->fallback_action = config_strdup(
+		    "DEFER 4.3.0 Policy service temporarily unavailable, try again later");
+	}
+	if (c->metrics && !c->metrics_allow_remote && !config_metrics_loopback(c->metrics)) {
+		snprintf(err, errsz,
+		         "%s: metrics = %s is not a loopback address (127.0.0.0/8, ::1, "
+		         "localhost); set metrics_allow_remote = yes to serve it elsewhere",
+		         path, c->metrics);
+		config_free(c);
+		return NULL;
+	}
 	if (c->max_line + 2 > c->max_request) {
 		snprintf(err, errsz, "%s: max_line (%zu) must be smaller than max_request (%zu)",
 		         path, c->max_line, c->max_request);
@@ -1043,6 +1160,10 @@ void config_free(struct config *c)
 	free(c->log_target);
 	free(c->log_facility);
 	free(c->fallback_action);
+	free(c->control);
+	free(c->control_group);
+	free(c->metrics);
+	free(c->postfix_config_dir);
 	for (int i = 0; config_sections[i]; i++) {
 		if (c->section[i] && config_sections[i]->free)
 			config_sections[i]->free(c->section[i]);

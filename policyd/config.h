@@ -55,6 +55,7 @@ struct rule {
 	struct gcra_window win[STORE_MAX_WINDOWS];
 	enum verdict_action action;
 	bool dry_run; /* log what would happen, answer DUNNO */
+	bool flag;    /* when it fires (enforced), flag the principal (flag.c) */
 	enum rule_scope scope;
 	unsigned prefix4, prefix6; /* client_network */
 	char *reply;               /* text, NULL for the default */
@@ -70,11 +71,14 @@ struct config {
 	/* [server] */
 	char *listen[CONFIG_MAX_LISTEN];
 	size_t nlisten;
-	char *store;     /* "memory" */
-	char *state_dir; /* "" = no persistence */
+	char *store;       /* "memory" or a redis://, redis+unix://, redis-cluster:// URL */
+	int redis_failure; /* enum store_redis_failure: open, closed, local */
+	unsigned redis_timeout_ms, redis_connect_timeout_ms;
+	bool fallback_set; /* fallback_action given in the file */
+	char *state_dir;   /* "" = no persistence */
 	char *pid_file;
-	char *user;  /* drop privileges to this user after binding (NULL: stay) */
-	char *group; /* and this group (default: the user's) */
+	char *user;         /* drop privileges to this user after binding (NULL: stay) */
+	char *group;        /* and this group (default: the user's) */
 	char *log_target;   /* stderr | syslog */
 	char *log_facility; /* mail */
 	int log_decisions;  /* 0 none, 1 actions only, 2 all */
@@ -89,6 +93,12 @@ struct config {
 	struct key_opts keyopts;
 	uint64_t max_keys;
 	unsigned socket_mode; /* unix listeners, e.g. 0660 */
+	/* control socket and metrics (control.c, metrics.c) */
+	char *control;             /* "unix:/run/policyd/control.sock" or NULL */
+	char *control_group;       /* group allowed on it besides root and us, or NULL */
+	char *metrics;             /* "inet:127.0.0.1:9187" or NULL */
+	bool metrics_allow_remote; /* allow a non-loopback metrics address */
+	char *postfix_config_dir;  /* policyctl's postqueue/postsuper -c, or NULL */
 	/* module sections (config_section.h), indexed like config_sections[] */
 	void *section[CONFIG_MAX_SECTIONS];
 	bool section_present[CONFIG_MAX_SECTIONS];

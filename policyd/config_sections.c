@@ -6,6 +6,11 @@
 
 #include <stddef.h>
 
+#include "anomaly.h"
+#include "dns.h"
+#include "flag.h"
+#include "ndr.h"
+
 const struct config_section *const config_sections[] = {
-    NULL,
+    &anomaly_section, &dns_section, &flag_config_section, &ndr_config_section, NULL,
 };

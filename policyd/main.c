@@ -20,10 +20,12 @@
 #include <unistd.h>
 
 #include "cache/store.h"
+#include "cache/store_redis.h"
 #include "config.h"
 #include "limit.h"
 #include "log.h"
 #include "module.h"
+#include "replay.h"
 #include "server.h"
 
 #ifndef POLICYD_VERSION
@@ -37,6 +39,7 @@ struct app {
 	struct store *store;
 	ev_signal sighup, sigterm, sigint;
 	ev_timer tick;
+	struct store *fallback; /* the embedded store under a Redis store (redis_failure = local) */
 	struct module_ctx mctx;
 	size_t nstarted; /* modules started */
 };
@@ -56,6 +59,11 @@ static void usage(FILE *fp)
 	        "           as systemd expects (Type=simple)\n"
 	        "  -h       this help\n"
 	        "  -V       print the version\n"
+	        "  --replay FILE [--dns-fixture FILE]\n"
+	        "           run the requests of FILE (Postfix policy requests, blank-line\n"
+	        "           separated, each with timestamp=<unix seconds>) through the whole\n"
+	        "           pipeline with a virtual clock and an in-memory store, and print one\n"
+	        "           JSON line per request (see policyd/replay.c); no sockets\n"
 	        "\n"
 	        "signals: SIGHUP reloads the configuration (a bad one is reported and the\n"
 	        "running one kept; counters are kept); SIGTERM or SIGINT finish requests in\n"
@@ -128,7 +136,11 @@ static void on_term(struct ev_loop *loop, ev_signal *w, int revents)
 static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct app *a = w->data;
-	a->store->be->tick(a->store, wall_now_us());
+	int64_t now = wall_now_us();
+	if (a->store->be->tick)
+		a->store->be->tick(a->store, now);
+	if (a->fallback)
+		a->fallback->be->tick(a->fallback, now);
 }
 
 static int detach(void)
@@ -209,6 +221,52 @@ static int drop_privileges(const struct config *cfg, char *err, size_t errsz)
 	return 0;
 }
 
+static void store_log(int level, const char *msg)
+{
+	log_msg((enum log_level)level, "%s", msg);
+}
+
+/*
+ * The configured store: the embedded one, or Redis (with the embedded one
+ * under it as the fallback when redis_failure = local).
+ */
+static struct store *open_store(const struct config *cfg, struct ev_loop *loop,
+                                struct store **fallback, char *err, size_t errsz)
+{
+	struct store_memory_opts mo = {
+	    .state_dir = cfg->state_dir, .max_keys = cfg->max_keys, .flush_ms = 1000};
+	*fallback = NULL;
+	if (strcmp(cfg->store, "memory") == 0)
+		return store_memory_open(&mo, wall_now_us(), err, errsz);
+	if (cfg->redis_failure == STORE_REDIS_FAIL_LOCAL) {
+		*fallback = store_memory_open(&mo, wall_now_us(), err, errsz);
+		if (*fallback == NULL)
+			return NULL;
+	}
+	struct store_redis_opts ro = {
+	    .url = cfg->store,
+	    .connect_timeout_ms = cfg->redis_connect_timeout_ms,
+	    .command_timeout_ms = cfg->redis_timeout_ms,
+	    .failure = (enum store_redis_failure)cfg->redis_failure,
+	    .fallback = *fallback,
+	    .log = store_log,
+	};
+	struct store *s = store_redis_open(loop, &ro, err, errsz);
+	if (s == NULL && *fallback) {
+		(*fallback)->be->close(*fallback);
+		*fallback = NULL;
+	}
+	return s;
+}
+
+static void close_stores(struct app *a)
+{
+	a->store->be->close(a->store);
+	if (a->fallback)
+		a->fallback->be->close(a->fallback);
+	a->fallback = NULL;
+}
+
 static void raise_nofile(unsigned want)
 {
 	struct rlimit rl;
@@ -231,8 +289,20 @@ int main(int argc, char **argv)
 	char err[512];
 
 	memset(&a, 0, sizeof(a));
-	while ((opt = getopt(argc, argv, "c:tdhV")) != -1) {
+	static const struct option longopts[] = {
+	    {"replay", required_argument, NULL, 'R'},
+	    {"dns-fixture", required_argument, NULL, 'F'},
+	    {NULL, 0, NULL, 0},
+	};
+	const char *replay = NULL, *fixture = NULL;
+	while ((opt = getopt_long(argc, argv, "c:tdhV", longopts, NULL)) != -1) {
 		switch (opt) {
+		case 'R':
+			replay = optarg;
+			break;
+		case 'F':
+			fixture = optarg;
+			break;
 		case 'c':
 			path = optarg;
 			break;
@@ -269,6 +339,20 @@ int main(int argc, char **argv)
 		config_free(cfg);
 		return 0;
 	}
+	if (replay || fixture) {
+		int rrc = 1;
+		if (replay == NULL)
+			fprintf(stderr, "policyd: --dns-fixture goes with --replay\n");
+		else if (log_open("policyd", "stderr", cfg->log_facility, err, sizeof(err)) < 0)
+			fprintf(stderr, "policyd: %s\n", err);
+		else {
+			log_set_level(cfg->debug ? LOG_L_DEBUG : LOG_L_WARN);
+			rrc = replay_run(replay, fixture, cfg, stdout);
+			log_close();
+		}
+		config_free(cfg);
+		return rrc;
+	}
 	if (daemonize && strcmp(cfg->log_target, "stderr") == 0) {
 		fprintf(stderr, "policyd: -d with log = stderr would lose every log line; "
 		                "use log = syslog\n");
@@ -291,21 +375,19 @@ int main(int argc, char **argv)
 		config_free(cfg);
 		return 1;
 	}
-	struct store_memory_opts mo = {
-	    .state_dir = cfg->state_dir, .max_keys = cfg->max_keys, .flush_ms = 1000};
-	a.store = store_memory_open(&mo, wall_now_us(), err, sizeof(err));
+	struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
+	a.store = open_store(cfg, loop, &a.fallback, err, sizeof(err));
 	if (a.store == NULL) {
 		log_err("store: %s", err);
 		fprintf(stderr, "policyd: store: %s\n", err);
 		config_free(cfg);
 		return 1;
 	}
-	struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
 	a.srv = server_new(loop, cfg, a.store, err, sizeof(err));
 	if (a.srv == NULL) {
 		log_err("listen: %s", err);
 		fprintf(stderr, "policyd: %s\n", err);
-		a.store->be->close(a.store);
+		close_stores(&a);
 		config_free(cfg);
 		return 1;
 	}
@@ -347,7 +429,7 @@ int main(int argc, char **argv)
 				if (modules[a.nstarted]->stop)
 					modules[a.nstarted]->stop(&a.mctx);
 			server_free(a.srv);
-			a.store->be->close(a.store);
+			close_stores(&a);
 			config_free(cfg);
 			return 1;
 		}
@@ -360,7 +442,7 @@ int main(int argc, char **argv)
 			if (modules[a.nstarted]->stop)
 				modules[a.nstarted]->stop(&a.mctx);
 		server_free(a.srv);
-		a.store->be->close(a.store);
+		close_stores(&a);
 		config_free(cfg);
 		return 1;
 	}
@@ -382,11 +464,13 @@ int main(int argc, char **argv)
 	char *pid_file = cfg->pid_file ? strdup(cfg->pid_file) : NULL;
 	server_free(a.srv);
 	int rc = 0;
+	if (a.fallback && a.fallback->be->flush(a.fallback) < 0)
+		log_err("saving the fallback store failed: %s", a.fallback->err);
 	if (a.store->be->flush(a.store) < 0) {
 		log_err("saving state failed: %s", a.store->err);
 		rc = 1;
 	}
-	a.store->be->close(a.store);
+	close_stores(&a);
 	config_free(cfg);
 	if (pid_file)
 		unlink(pid_file);

@@ -6,6 +6,13 @@
 
 #include <stddef.h>
 
+#include "control.h"
+#include "dns.h"
+#include "flag.h"
+#include "held.h"
+#include "metrics.h"
+#include "ndr.h"
+
 const struct module *const modules[] = {
-    NULL,
+    &metrics_module, &dns_module, &held_module, &flag_module, &control_module, &ndr_module, NULL,
 };

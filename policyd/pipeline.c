@@ -11,11 +11,18 @@
 
 #include <string.h>
 
+#include "anomaly.h"
+#include "flag.h"
 #include "limit.h"
 #include "log.h"
+#include "ndr.h"
 
 static const struct pipeline_check pipeline_checks[] = {
+    {"pause", flag_pause_prepare, flag_pause_finish},
+    {"flag", flag_check_prepare, flag_check_finish},
     {"limit", limit_prepare, limit_finish},
+    {"anomaly", anomaly_prepare, anomaly_finish},
+    {"ndr", ndr_prepare, ndr_finish},
 };
 #define PIPELINE_NCHECKS (sizeof(pipeline_checks) / sizeof(pipeline_checks[0]))
 

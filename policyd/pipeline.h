@@ -22,7 +22,13 @@
 #define PIPELINE_ARENA 8192 /* bytes for the subjects of one batch */
 
 /* The checks, in pipeline order (index into the table in pipeline.c). */
-enum pipeline_check_id { PIPELINE_CHECK_LIMIT = 0 };
+enum pipeline_check_id {
+	PIPELINE_CHECK_PAUSE = 0, /* flag.c: the global pause */
+	PIPELINE_CHECK_FLAG,      /* flag.c: the account's flag */
+	PIPELINE_CHECK_LIMIT,
+	PIPELINE_CHECK_ANOMALY,
+	PIPELINE_CHECK_NDR /* ndr_module.c: the NDR spike state */
+};
 
 /* What an op is for, so finish() can read its result. */
 struct pipeline_opmeta {

@@ -27,7 +27,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "held.h"
 #include "log.h"
+#include "metrics.h"
 #include "pipeline.h"
 #include "proto/reply.h"
 #include "proto/request.h"
@@ -75,6 +77,7 @@ struct server {
 	bool stopping;
 	ev_timer stop_timer;
 	ev_tstamp last_refuse_log;
+	ev_tstamp last_store_log;
 	struct pipeline_ctx *spare; /* one cached context */
 	struct server_stats st;
 };
@@ -457,8 +460,14 @@ static void conn_answer(struct conn *c)
 
 	if (x->st != STORE_OK) {
 		s->st.store_errors++;
-		log_warn("event=store_error store=%s error=\"%s\" answer=\"%s\"",
-		         s->store->be->name, s->store->err, s->cfg->fallback_action);
+		/* the store logs each episode; here at most one line per 10 s */
+		if (ev_now(s->loop) - s->last_store_log > 10) {
+			log_warn(
+			    "event=store_error store=%s error=\"%s\" answer=\"%s\" errors=%llu",
+			    s->store->be->name, s->store->err, s->cfg->fallback_action,
+			    s->st.store_errors);
+			s->last_store_log = ev_now(s->loop);
+		}
 		len = proto_reply_format(reply, sizeof(reply), s->cfg->fallback_action, NULL);
 		x->v.action = ACT_DUNNO;
 	} else {
@@ -469,6 +478,8 @@ static void conn_answer(struct conn *c)
 	}
 	s->st.verdicts[x->v.action]++;
 	uint64_t us = (now_ns() - c->t0_ns) / 1000;
+	metrics_request_done(x->req->state, &x->v, us);
+	held_note(x);
 	log_decision(c, x, us);
 	/* the request's bytes are no longer referenced */
 	c->len -= c->reqlen;
@@ -484,9 +495,10 @@ static void store_done(void *arg, enum store_status st, const struct store_resul
 	struct pipeline_ctx *x = c->px;
 
 	x->st = st;
-	if (st == STORE_OK && n == x->nops)
-		memcpy(x->res, res, n * sizeof(*res));
-	else if (st == STORE_OK)
+	if (st == STORE_OK && n == x->nops) {
+		if (n)
+			memcpy(x->res, res, n * sizeof(*res));
+	} else if (st == STORE_OK)
 		x->st = STORE_EINTERNAL;
 	bool async = c->busy;
 	c->busy = false;

@@ -92,13 +92,13 @@ struct proto_kv {
 
 struct proto_request {
 	struct proto_str attr[PROTO_A__COUNT]; /* known attributes */
-	enum proto_state state;                 /* from protocol_state */
-	uint64_t size;                          /* `size`, 0 if absent/invalid */
-	uint32_t recipient_count;               /* `recipient_count`, 0 if absent */
-	struct proto_kv *extra;                 /* unknown attributes, caller's array */
-	size_t nextra;                          /* how many are filled */
-	size_t extra_cap;                       /* capacity of extra (set by caller) */
-	size_t nattrs;                          /* attributes seen in total */
+	enum proto_state state;                /* from protocol_state */
+	uint64_t size;                         /* `size`, 0 if absent/invalid */
+	uint32_t recipient_count;              /* `recipient_count`, 0 if absent */
+	struct proto_kv *extra;                /* unknown attributes, caller's array */
+	size_t nextra;                         /* how many are filled */
+	size_t extra_cap;                      /* capacity of extra (set by caller) */
+	size_t nattrs;                         /* attributes seen in total */
 };
 
 struct proto_limits {

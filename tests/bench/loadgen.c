@@ -468,6 +468,7 @@ struct bench_run {
 	uint64_t inflight; /* all requests in flight */
 	uint64_t sched_i;  /* open loop: next scheduled send index */
 	uint64_t last_progress;
+	unsigned opened; /* connections set up, in order */
 	unsigned alive;
 
 	struct bench_hist hist;
@@ -1333,7 +1334,7 @@ static int bench_gen_init(struct bench_gen *g, const struct bench_opts *o)
 static int bench_build_only(struct bench_gen *g, uint64_t n)
 {
 	struct bench_txn t = {.smtpd_pid = 0x1000};
-	char buf[BENCH_REQ_SIZE];
+	char buf[BENCH_REQ_SIZE] = "";
 	uint64_t i, bytes = 0, t0, t1, sink = 0;
 	size_t len = 0;
 
@@ -1353,6 +1354,58 @@ static int bench_build_only(struct bench_gen *g, uint64_t n)
 	return 0;
 }
 
+/* Connect every connection; false (with a message) if one fails. */
+static bool bench_open_all(struct bench_run *r, const struct bench_addr *addr)
+{
+	const struct bench_opts *o = r->o;
+	char err[512];
+
+	for (r->opened = 0; r->opened < o->conns; r->opened++) {
+		struct bench_conn *c = &r->conns[r->opened];
+		struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+
+		c->id = r->opened;
+		c->txn.smtpd_pid = 0x1000 + r->opened * 7; /* a plausible smtpd pid */
+		c->fd = bench_connect(addr, err, sizeof(err));
+		if (c->fd < 0) {
+			fprintf(stderr, "loadgen: connect to %s (connection %u of %u): %s\n",
+			        o->server, r->opened + 1, o->conns, err);
+			return false;
+		}
+		c->state = BENCH_IDLE;
+		r->alive++;
+		if (epoll_ctl(r->ep, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
+			fprintf(stderr, "loadgen: epoll_ctl: %s\n", strerror(errno));
+			r->opened++; /* so that it is closed */
+			return false;
+		}
+	}
+	return true;
+}
+
+static bool bench_compile_expect(struct bench_run *r, const char *expect)
+{
+	size_t n = strlen(expect) + 4;
+	char *pat = malloc(n), err[256];
+	int e;
+
+	if (pat == NULL) {
+		fprintf(stderr, "loadgen: out of memory\n");
+		return false;
+	}
+	snprintf(pat, n, "^(%s)", expect);
+	e = regcomp(&r->expect_re, pat, REG_EXTENDED | REG_NOSUB);
+	free(pat);
+	if (e != 0) {
+		regerror(e, &r->expect_re, err, sizeof(err));
+		regfree(&r->expect_re);
+		fprintf(stderr, "loadgen: bad -e regex \"%s\": %s\n", expect, err);
+		return false;
+	}
+	r->have_expect = true;
+	return true;
+}
+
 int main(int argc, char **argv)
 {
 	struct bench_opts o;
@@ -1362,7 +1415,7 @@ int main(int argc, char **argv)
 	char err[512];
 	uint64_t errors;
 	unsigned i;
-	int rc;
+	int rc = 2;
 
 	if (bench_parse_opts(argc, argv, &o) != 0)
 		return 2;
@@ -1372,87 +1425,54 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	r->o = &o;
-	if (bench_gen_init(&r->gen, &o) != 0) {
-		free(r);
-		return 2;
-	}
+	r->ep = -1;
+	if (bench_gen_init(&r->gen, &o) != 0)
+		goto done;
 	if (o.build_only > 0) {
 		rc = bench_build_only(&r->gen, o.build_only);
-		free(r->gen.zipf_cdf);
-		free(r);
-		return rc;
+		goto done;
 	}
-	if (o.expect != NULL) {
-		size_t n = strlen(o.expect) + 4;
-		char *pat = malloc(n);
-		int e;
-		if (pat == NULL)
-			return 2;
-		snprintf(pat, n, "^(%s)", o.expect);
-		e = regcomp(&r->expect_re, pat, REG_EXTENDED | REG_NOSUB);
-		free(pat);
-		if (e != 0) {
-			regerror(e, &r->expect_re, err, sizeof(err));
-			fprintf(stderr, "loadgen: bad -e regex \"%s\": %s\n", o.expect, err);
-			return 2;
-		}
-		r->have_expect = true;
-	}
+	if (o.expect != NULL && !bench_compile_expect(r, o.expect))
+		goto done;
 	if (bench_parse_addr(o.server, &addr, err, sizeof(err)) != 0) {
 		fprintf(stderr, "loadgen: %s\n", err);
-		return 2;
+		goto done;
 	}
 	if (!bench_fd_limit(o.conns))
-		return 2;
+		goto done;
 	r->conns = calloc(o.conns, sizeof(*r->conns));
-	r->idle = calloc(o.conns, sizeof(*r->idle));
+	r->idle = calloc(o.conns, sizeof(r->idle[0])); /* NOLINT(bugprone-sizeof-expression) */
 	r->ep = epoll_create1(EPOLL_CLOEXEC);
 	if (r->conns == NULL || r->idle == NULL || r->ep < 0) {
 		fprintf(stderr, "loadgen: cannot set up: %s\n", strerror(errno));
-		return 2;
+		goto done;
 	}
 	r->use_pwait2 = true;
-	for (i = 0; i < o.conns; i++) {
-		struct bench_conn *c = &r->conns[i];
-		struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+	if (!bench_open_all(r, &addr))
+		goto done;
 
-		c->id = i;
-		c->txn.smtpd_pid = 0x1000 + i * 7; /* a plausible smtpd pid per connection */
-		c->fd = bench_connect(&addr, err, sizeof(err));
-		if (c->fd < 0) {
-			fprintf(stderr, "loadgen: connect to %s (connection %u of %u): %s\n",
-			        o.server, i + 1, o.conns, err);
-			return 2;
-		}
-		if (epoll_ctl(r->ep, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
-			fprintf(stderr, "loadgen: epoll_ctl: %s\n", strerror(errno));
-			return 2;
-		}
-		c->state = BENCH_IDLE;
-		r->alive++;
-	}
-
-	rc = bench_loop(r);
+	if (bench_loop(r) != 0)
+		goto done;
 	getrusage(RUSAGE_SELF, &ru);
-	if (rc == 0)
-		bench_print(r, bench_tv(ru.ru_utime), bench_tv(ru.ru_stime));
+	bench_print(r, bench_tv(ru.ru_utime), bench_tv(ru.ru_stime));
 	fflush(stdout);
 	if (r->err_closed > 0)
 		fprintf(stderr, "loadgen: the server closed %llu connection(s)\n",
 		        (unsigned long long)r->err_closed);
-
 	errors = r->err_malformed + r->err_mismatch + r->err_closed + r->err_io + r->err_timeout;
-	for (i = 0; i < o.conns; i++)
+	rc = errors > 0 ? 1 : 0;
+
+done:
+	for (i = 0; r->conns != NULL && i < r->opened; i++)
 		if (r->conns[i].state != BENCH_DEAD)
 			close(r->conns[i].fd);
-	close(r->ep);
+	if (r->ep >= 0)
+		close(r->ep);
 	if (r->have_expect)
 		regfree(&r->expect_re);
 	free(r->gen.zipf_cdf);
 	free(r->idle);
 	free(r->conns);
 	free(r);
-	if (rc != 0)
-		return 2;
-	return errors > 0 ? 1 : 0;
+	return rc;
 }

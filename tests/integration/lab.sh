@@ -19,6 +19,7 @@
 #   lab_wait_sent QID N [T], lab_queue_json, lab_queue_name QID,
 #   lab_wait_queue_empty [T], lab_flush, lab_postconf, lab_reload,
 #   lab_policy_endpoint EP, lab_port N, lab_fake_policy_start EP [RULES..],
+#   lab_add_sink NAME N DOMAIN [ARGS..],
 #   lab_fake_policy_stop, policyd_start CONFIG, policyd_stop, policyd_check CONFIG
 #
 # Limits: root only (Postfix needs it); IPv4 loopback only; Postfix >= 3.4
@@ -363,6 +364,26 @@ _lab_start_sink() { # NAME PORT [smtp-sink options]: records LAB_SINK_PIDS
 # ------------------------------------------------------------- public API
 
 lab_port() { echo $((LAB_PORT_BASE + $1)); }
+
+# lab_add_sink NAME N DOMAIN [smtp-sink options..]: one more smtp-sink, on
+# lab_port N (6..9), that DOMAIN is routed to through transport_maps, e.g.
+#   lab_add_sink blocked 6 blocked.test -f RCPT -B "554 5.7.1 Service unavailable;
+#       Client host [127.0.0.1] blocked using zen.spamhaus.org"
+# Call it from lab_configure_hook (before Postfix starts) or later (Postfix
+# is then reloaded).  Its output goes to $LAB/log/sink-NAME.log; lab_stop
+# stops it with the others.
+lab_add_sink() {
+	local name=$1 port domain=$3
+	port=$(lab_port "$2")
+	shift 3
+	_lab_start_sink "$name" "$port" "$@" || return 1
+	printf '%s  smtp:[127.0.0.1]:%s\n' "$domain" "$port" >>"$LAB_ETC/transport"
+	_lab_age_config
+	if _lab_master_pid >/dev/null; then
+		lab_reload || return 1
+	fi
+	return 0
+}
 
 lab_start() {
 	if ((EUID != 0)); then

@@ -804,11 +804,13 @@ static void test_duration(void **state)
 	                                  "1x",  "s",     "",        " ",
 	                                  "-1s", "1.5h",  "1hh",     "1 h",
 	                                  "1H",  "h1",    "1s ",     "99999999999999999999s",
-	                                  "1ms"};
+	                                  "1msx", "0ms"};
 	char err[200];
 
 	(void)state;
 	expect_duration("30s", 30 * S);
+	expect_duration("1ms", 1000);
+	expect_duration("250ms", 250000);
 	expect_duration("5m", 5 * MN);
 	expect_duration("1h", HR);
 	expect_duration("1d", DY);
