@@ -24,6 +24,7 @@
 #define TAU_DAY_S    86400.0       /* daily rate */
 #define TAU_OUT_S    (7 * 86400.0) /* outcomes */
 #define NOV_SHORT    (1.0 / 40.0)  /* per-recipient decay, short novelty */
+#define TAU_NOV_S    (6 * 3600.0)  /* time decay of the short novelty window */
 #define NOV_LONG     (1.0 / 200.0) /* per-recipient decay, long novelty */
 #define NOV_WARMUP   30            /* recipients before the long novelty learns */
 #define ALPHA_MIN    0.02          /* EWMA weight once warmed up */
@@ -299,16 +300,12 @@ void profile_observe(const struct profile *p, const struct profile_obs *o,
 	f->z_dd = (log1p(f->distinct_today) - f->dd_mu) / f->dd_sd;
 
 	/* novelty */
-	if (o->rcpt) {
+	if (o->rcpt)
 		f->rcpt_new = !profile_rcpt_known(p, o->rcpt);
-		uint32_t dh = (uint32_t)o->rdomain | 1;
-		f->domain_new = true;
-		for (unsigned i = 0; i < PROFILE_DOMAINS; i++)
-			if (p->dom[i].hash == dh)
-				f->domain_new = false;
-	}
-	double sk = p->nov_sk * (1 - NOV_SHORT) + (f->rcpt_new ? 1 : 0);
-	double sn = p->nov_sn * (1 - NOV_SHORT) + 1;
+	/* the short window: the last ~40 recipients of the last few hours */
+	double keep = (1 - NOV_SHORT) * exp(-dt / TAU_NOV_S);
+	double sk = p->nov_sk * keep + (f->rcpt_new ? 1 : 0);
+	double sn = p->nov_sn * keep + 1;
 	f->nov_short = sk / sn;
 	f->nov_short_n = sn;
 	double base = (p->nov_lk + pr->novelty * pr->novelty_n0) / (p->nov_ln + pr->novelty_n0);
@@ -422,31 +419,6 @@ static void profile_count(uint16_t *n)
 {
 	if (*n < UINT16_MAX)
 		(*n)++;
-}
-
-static void profile_domain_add(struct profile *p, uint64_t rdomain)
-{
-	uint32_t dh = (uint32_t)rdomain | 1;
-	unsigned v = 0;
-	for (unsigned i = 0; i < PROFILE_DOMAINS; i++) {
-		struct profile_domain *d = &p->dom[i];
-		if (d->hash == dh) {
-			if (d->count == UINT16_MAX)
-				for (unsigned j = 0; j < PROFILE_DOMAINS; j++)
-					p->dom[j].count /= 2;
-			d->count++;
-			return;
-		}
-		if (!p->dom[v].hash)
-			continue; /* keep the first empty slot */
-		if (!d->hash || d->count < p->dom[v].count)
-			v = i;
-	}
-	/* space-saving: the newcomer inherits the evicted count */
-	struct profile_domain *d = &p->dom[v];
-	uint16_t c = d->hash ? d->count : 0;
-	d->hash = dh;
-	d->count = (uint16_t)(c < UINT16_MAX ? c + 1 : c);
 }
 
 static void profile_net_update(struct profile *p, const struct profile_obs *o,
@@ -606,8 +578,8 @@ void profile_update(struct profile *p, const struct profile_obs *o,
 
 	/* novelty */
 	double x = f->rcpt_new ? 1 : 0;
-	p->nov_sk = (float)(p->nov_sk * (1 - NOV_SHORT) + x);
-	p->nov_sn = (float)(p->nov_sn * (1 - NOV_SHORT) + 1);
+	p->nov_sk = (float)(f->nov_short * f->nov_short_n);
+	p->nov_sn = (float)f->nov_short_n;
 	/* the first recipients of a profile are all new: they would teach
 	 * every account that everything is new */
 	if (learn > 0 && p->n_rcpts >= NOV_WARMUP) {
@@ -622,7 +594,6 @@ void profile_update(struct profile *p, const struct profile_obs *o,
 				profile_rcpt_add(p, o->rcpt);
 			else
 				profile_rcpt_seen(p, o->rcpt);
-			profile_domain_add(p, o->rdomain);
 		}
 	}
 
@@ -720,8 +691,7 @@ static float getf(struct profile_buf *b)
 
 /* bytes the layout above and the tables below take */
 #define PROFILE_PAYLOAD                                                                            \
-	(134 + PROFILE_HLL_M + 2 * PROFILE_FP_SLOTS + 6 * PROFILE_DOMAINS + 24 +                   \
-	 20 * PROFILE_NETS + 10 * PROFILE_SENDERS)
+	(134 + PROFILE_HLL_M + 2 * PROFILE_FP_SLOTS + 24 + 20 * PROFILE_NETS + 10 * PROFILE_SENDERS)
 _Static_assert(PROFILE_PAYLOAD <= PROFILE_WIRE_SIZE, "profile layout larger than its wire size");
 
 size_t profile_encode(const struct profile *p, uint8_t *out, size_t outsz)
@@ -738,14 +708,15 @@ size_t profile_encode(const struct profile *p, uint8_t *out, size_t outsz)
 #undef E16
 #undef E32
 #undef EF
-	for (unsigned i = 0; i < PROFILE_HLL_M; i++)
-		put8(&b, p->hll[i]);
+	memcpy(b.p + b.off, p->hll, PROFILE_HLL_M);
+	b.off += PROFILE_HLL_M;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	memcpy(b.p + b.off, p->fp, sizeof(p->fp)); /* the wire is little-endian */
+	b.off += sizeof(p->fp);
+#else
 	for (unsigned i = 0; i < PROFILE_FP_SLOTS; i++)
 		put16(&b, p->fp[i]);
-	for (unsigned i = 0; i < PROFILE_DOMAINS; i++) {
-		put32(&b, p->dom[i].hash);
-		put16(&b, p->dom[i].count);
-	}
+#endif
 	for (unsigned i = 0; i < 24; i++)
 		put8(&b, p->hours[i]);
 	for (unsigned i = 0; i < PROFILE_NETS; i++) {
@@ -783,17 +754,18 @@ int profile_decode(struct profile *p, const uint8_t *in, size_t len)
 #undef D16
 #undef D32
 #undef DF
-	for (unsigned i = 0; i < PROFILE_HLL_M; i++) {
-		p->hll[i] = get8(&b);
+	memcpy(p->hll, b.r + b.off, PROFILE_HLL_M);
+	b.off += PROFILE_HLL_M;
+	for (unsigned i = 0; i < PROFILE_HLL_M; i++)
 		if (p->hll[i] > 59)
 			b.bad = true;
-	}
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	memcpy(p->fp, b.r + b.off, sizeof(p->fp));
+	b.off += sizeof(p->fp);
+#else
 	for (unsigned i = 0; i < PROFILE_FP_SLOTS; i++)
 		p->fp[i] = get16(&b);
-	for (unsigned i = 0; i < PROFILE_DOMAINS; i++) {
-		p->dom[i].hash = get32(&b);
-		p->dom[i].count = get16(&b);
-	}
+#endif
 	for (unsigned i = 0; i < 24; i++)
 		p->hours[i] = get8(&b);
 	for (unsigned i = 0; i < PROFILE_NETS; i++) {

@@ -10,8 +10,8 @@
  *   - distinct recipients per day: a 64-register HyperLogLog for today and
  *     an EWMA of log1p(distinct) over past active days;
  *   - recipient novelty: a CLOCK-managed set of 15-bit fingerprints of past
- *     recipients, a small table of recipient domains, and short- and
- *     long-horizon decayed counts of new recipients;
+ *     recipients, and short- and long-horizon decayed counts of new
+ *     recipients;
  *   - login networks: client /24 (IPv4) or /64 (IPv6), ASN, country;
  *   - the usual hours (24-bin UTC histogram);
  *   - sender addresses used with this login;
@@ -31,12 +31,11 @@
 #include <stdint.h>
 
 #define PROFILE_VERSION   1
-#define PROFILE_FP_SLOTS  224 /* remembered recipients */
-#define PROFILE_DOMAINS   8
+#define PROFILE_FP_SLOTS  192 /* remembered recipients */
 #define PROFILE_NETS      8
 #define PROFILE_SENDERS   4
 #define PROFILE_HLL_M     64
-#define PROFILE_WIRE_SIZE 920 /* bytes of the encoded profile */
+#define PROFILE_WIRE_SIZE 808 /* bytes of the encoded profile */
 
 #define PROFILE_F_FROZEN  0x01 /* flagged: do not learn until frozen_until */
 #define PROFILE_F_TAINTED 0x02 /* today had anomalous requests: fold it lightly */
@@ -53,11 +52,6 @@ struct profile_sender {
 	uint32_t hash; /* 0 = empty slot */
 	uint16_t count;
 	uint32_t first_s;
-};
-
-struct profile_domain {
-	uint32_t hash; /* 0 = empty slot */
-	uint16_t count;
 };
 
 struct profile {
@@ -87,7 +81,6 @@ struct profile {
 	/* recipients: 15-bit fingerprints, bit 15 = referenced (CLOCK) */
 	uint16_t fp[PROFILE_FP_SLOTS];
 	uint16_t fp_hand, fp_used;
-	struct profile_domain dom[PROFILE_DOMAINS];
 	/* usual hours (UTC), halved when one reaches 255 */
 	uint8_t hours[24];
 	struct profile_net net[PROFILE_NETS];
@@ -123,7 +116,6 @@ void profile_prior_default(struct profile_prior *pr);
 struct profile_obs {
 	uint32_t now_s;
 	uint64_t rcpt;            /* hash of the normalised recipient (0: none) */
-	uint64_t rdomain;         /* hash of its domain */
 	uint32_t inst;            /* hash of `instance` (0: none: each request is a message) */
 	uint32_t sender;          /* hash of the normalised sender (0: null sender) */
 	bool sender_is_login;     /* the sender is the login itself */
@@ -147,7 +139,7 @@ struct profile_features {
 	double rm_mu, rm_sd, z_rm;
 	double distinct_today, dd_mu, dd_sd, z_dd;
 	/* novelty */
-	bool rcpt_new, domain_new;
+	bool rcpt_new;
 	double nov_short, nov_short_n, nov_base, nov_bits;
 	/* hours */
 	unsigned hour;

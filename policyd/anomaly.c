@@ -19,7 +19,8 @@
  * (what a flag needs), a tenth of one scored 25 or more, nothing while the
  * account is frozen after a flag: a hijack does not become the baseline,
  * one kind of evidence alone (a campaign, a trip, a move) is learned
- * slowly.  A young profile learns regardless (cold start).  A refused request is not learned (it was not sent).
+ * slowly.  A young profile learns regardless (cold start).  A refused request is not learned (it
+ * was not sent).
  *
  * Limits: ANOMALY_MAX_COMP components; texts are cut to fit the verdict
  * reason (160 bytes) and the flag evidence (FLAG_EVIDENCE_MAX).
@@ -37,79 +38,19 @@
 #include "dns.h"
 #include "flag.h"
 #include "log.h"
+#include "metrics.h"
 
-#define ANOMALY_NS    "@profile"
-#define ANOMALY_PURPOSE_GET 1
-#define ANOMALY_MIN_POINTS 10 /* a component is evidence from here */
-#define ANOMALY_PERSIST_TAU (6 * 3600.0)
-#define ANOMALY_PERSIST_K   30 /* allowance of the accumulator (CUSUM) */
-#define ANOMALY_CAMPAIGN_MIN 2 /* other accounts on the same new network */
-#define ANOMALY_CAMPAIGN_S   (7 * 86400u)
-#define ANOMALY_CAMPAIGN_SLOTS 65536 /* networks remembered (power of two) */
-#define ANOMALY_CAMPAIGN_ACCTS 4    /* accounts remembered per network */
+#define ANOMALY_NS           "@profile"
+#define ANOMALY_PURPOSE_GET  1
+#define ANOMALY_MIN_POINTS   10 /* a component is evidence from here */
+#define ANOMALY_PERSIST_TAU  (6 * 3600.0)
+#define ANOMALY_PERSIST_K    30    /* allowance of the accumulator (CUSUM) */
+#define ANOMALY_PERSIST_RATE 150.0 /* most the accumulator gains an hour */
 
 struct anomaly_stats anomaly_stats;
 
 static struct anomaly_result anomaly_last_r;
 static const struct rule anomaly_rule = {.name = ANOMALY_NS};
-
-/*
- * Networks that were NEW (a new ASN) for an account lately, and for
- * which accounts: a small table in this process (not in the store: each
- * daemon sees its own share), the oldest forgotten first.
- */
-struct anomaly_net_seen {
-	uint32_t prefix;
-	uint32_t usual_until; /* a settled network of some account until then */
-	uint32_t acct[ANOMALY_CAMPAIGN_ACCTS];
-	uint32_t when[ANOMALY_CAMPAIGN_ACCTS];
-};
-static struct anomaly_net_seen anomaly_campaign[ANOMALY_CAMPAIGN_SLOTS];
-
-static struct anomaly_net_seen *anomaly_campaign_slot(uint32_t prefix)
-{
-	struct anomaly_net_seen *e = &anomaly_campaign[prefix & (ANOMALY_CAMPAIGN_SLOTS - 1)];
-	if (e->prefix != prefix) { /* a collision: the newcomer takes the slot */
-		memset(e, 0, sizeof(*e));
-		e->prefix = prefix;
-	}
-	return e;
-}
-
-/* The network is a settled one of some account (a shared ISP or CGNAT
- * range, an office): it is nobody's campaign. */
-static void anomaly_campaign_usual(uint32_t prefix, uint32_t now)
-{
-	struct anomaly_net_seen *e = anomaly_campaign_slot(prefix);
-	e->usual_until = now + ANOMALY_CAMPAIGN_S;
-}
-
-/* Record that prefix is new for acct at now; how many OTHER accounts had
- * it new within ANOMALY_CAMPAIGN_S (0 when it is usual for somebody)? */
-static unsigned anomaly_campaign_note(uint32_t prefix, uint32_t acct, uint32_t now)
-{
-	struct anomaly_net_seen *e = anomaly_campaign_slot(prefix);
-	unsigned others = 0;
-	int mine = -1, oldest = 0;
-	for (int i = 0; i < ANOMALY_CAMPAIGN_ACCTS; i++) {
-		bool fresh = e->acct[i] && now - e->when[i] < ANOMALY_CAMPAIGN_S;
-		if (e->acct[i] == acct)
-			mine = i;
-		else if (fresh)
-			others++;
-		if (e->when[i] < e->when[oldest])
-			oldest = i;
-	}
-	int slot = mine >= 0 ? mine : oldest;
-	e->acct[slot] = acct;
-	e->when[slot] = now;
-	return e->usual_until > now ? 0 : others;
-}
-
-void anomaly_campaign_reset(void)
-{
-	memset(anomaly_campaign, 0, sizeof(anomaly_campaign));
-}
 
 /* ---------------------------------------------------------------- config */
 
@@ -216,7 +157,8 @@ static int anomaly_set_dnsbl(struct anomaly_conf *c, const char *v, char *err, s
 			if (anomaly_code(eq + 1, &d->lo) < 0 ||
 			    anomaly_code(dash ? dash + 1 : eq + 1, &d->hi) < 0 || d->hi < d->lo) {
 				snprintf(err, errsz,
-				         "dnsbl: '%s': codes are 127.x.y.z or 127.x.y.z-127.x.y.z", t);
+				         "dnsbl: '%s': codes are 127.x.y.z or 127.x.y.z-127.x.y.z",
+				         t);
 				return -1;
 			}
 		}
@@ -257,9 +199,10 @@ static int anomaly_set(void *blk, const char *name, const char *v, char *err, si
 	}
 	if (!strcmp(name, "warn") || !strcmp(name, "hold") || !strcmp(name, "defer") ||
 	    !strcmp(name, "flag")) {
-		unsigned *t = name[0] == 'w' ? &c->warn : name[0] == 'h' ? &c->hold
-		                                    : name[0] == 'd'   ? &c->defer
-		                                                       : &c->flag;
+		unsigned *t = name[0] == 'w'   ? &c->warn
+		              : name[0] == 'h' ? &c->hold
+		              : name[0] == 'd' ? &c->defer
+		                               : &c->flag;
 		if (anomaly_threshold(v, t) < 0) {
 			snprintf(err, errsz, "%s: '%s' (a score 1 .. 100, or never)", name, v);
 			return -1;
@@ -284,7 +227,8 @@ static int anomaly_set(void *blk, const char *name, const char *v, char *err, si
 				c->flag_dry = true;
 			} else if (strcmp(t, "none") && strcmp(t, "warn")) {
 				snprintf(err, errsz,
-				         "dry_run: '%s' (a list of hold, defer, flag; all; none)", t);
+				         "dry_run: '%s' (a list of hold, defer, flag; all; none)",
+				         t);
 				return -1;
 			}
 		}
@@ -368,7 +312,8 @@ static int anomaly_set(void *blk, const char *name, const char *v, char *err, si
 		}
 	if (!strcmp(name, "reply")) {
 		if (strlen(v) >= sizeof(c->reply)) {
-			snprintf(err, errsz, "reply: longer than %zu characters", sizeof(c->reply) - 1);
+			snprintf(err, errsz, "reply: longer than %zu characters",
+			         sizeof(c->reply) - 1);
 			return -1;
 		}
 		for (const char *p = v; *p; p++)
@@ -483,11 +428,12 @@ static void anomaly_text(struct anomaly_component *k)
 		anomaly_fmt(o, n, "messages/h %.0f vs usual %.1f (%.1fσ)", k->a, k->b, k->c);
 		break;
 	case ANOMALY_K_RCPT_MSG:
-		anomaly_fmt(o, n, "recipients/message %.0f vs usual %.1f (%.1fσ)", k->a, k->b, k->c);
+		anomaly_fmt(o, n, "recipients/message %.0f vs usual %.1f (%.1fσ)", k->a, k->b,
+		            k->c);
 		break;
 	case ANOMALY_K_DISTINCT:
-		anomaly_fmt(o, n, "distinct recipients today %.0f vs usual %.0f (%.1fσ)", k->a, k->b,
-		            k->c);
+		anomaly_fmt(o, n, "distinct recipients today %.0f vs usual %.0f (%.1fσ)", k->a,
+		            k->b, k->c);
 		break;
 	case ANOMALY_K_MSG_DAY:
 		anomaly_fmt(o, n, "messages/24h %.0f vs usual %.1f (%.1fσ)", k->a, k->b, k->c);
@@ -497,7 +443,8 @@ static void anomaly_text(struct anomaly_component *k)
 		            k->b, 100 * k->c);
 		break;
 	case ANOMALY_K_COUNTRY:
-		anomaly_fmt(o, n, "first login from AS%u (%s), a new country, %s", k->u, k->cc, k->s);
+		anomaly_fmt(o, n, "first login from AS%u (%s), a new country, %s", k->u, k->cc,
+		            k->s);
 		break;
 	case ANOMALY_K_ASN:
 		anomaly_fmt(o, n, "first login from AS%u (%s), %s", k->u, k->cc[0] ? k->cc : "??",
@@ -525,10 +472,6 @@ static void anomaly_text(struct anomaly_component *k)
 		break;
 	case ANOMALY_K_HOURS:
 		anomaly_fmt(o, n, "off-hours (%02uh UTC, usual %.1f%%)", k->u, 100 * k->a);
-		break;
-	case ANOMALY_K_CAMPAIGN:
-		anomaly_fmt(o, n, "campaign: %s is a new network for %u other accounts this week", k->s,
-		            k->u);
 		break;
 	case ANOMALY_K_PERSIST:
 		anomaly_fmt(o, n, "sustained: %.0f points over %d in the last hours", k->a,
@@ -636,16 +579,6 @@ void anomaly_score(const struct anomaly_conf *c, const struct anomaly_input *in,
 		}
 	}
 
-	/* the same new network for several accounts at once (BotGraph): one
-	 * attacker's infrastructure */
-	if (fam[ANOMALY_NETWORK] >= ANOMALY_MIN_POINTS && in->campaign >= ANOMALY_CAMPAIGN_MIN) {
-		if ((k = anomaly_add(r, ANOMALY_CAMPAIGN, ANOMALY_K_CAMPAIGN, 20, 0, 0, 0))) {
-			k->s = r->network;
-			k->u = in->campaign;
-			fam[ANOMALY_CAMPAIGN] = 20;
-		}
-	}
-
 	/* client on an exploit / botnet list: little weight on the account's
 	 * usual provider (CGNAT addresses are listed for somebody else's phone) */
 	if (in->dnsbl_zone) {
@@ -677,8 +610,8 @@ void anomaly_score(const struct anomaly_conf *c, const struct anomaly_input *in,
 	/* bounces, where NDR detection feeds the profile */
 	if (f->out_sent >= 20 && f->bounce_lb > 0.05) {
 		unsigned p = anomaly_pts((f->bounce_lb - 0.05) * 400 + 10, 35);
-		if (anomaly_add(r, ANOMALY_BOUNCE, ANOMALY_K_BOUNCE, p, f->out_bounced / f->out_sent,
-		                f->out_sent, f->bounce_lb))
+		if (anomaly_add(r, ANOMALY_BOUNCE, ANOMALY_K_BOUNCE, p,
+		                f->out_bounced / f->out_sent, f->out_sent, f->bounce_lb))
 			fam[ANOMALY_BOUNCE] = p;
 	}
 
@@ -694,8 +627,7 @@ void anomaly_score(const struct anomaly_conf *c, const struct anomaly_input *in,
 	unsigned what = (fam[ANOMALY_VOLUME] >= ANOMALY_MIN_POINTS ||
 	                 fam[ANOMALY_NOVELTY] >= ANOMALY_MIN_POINTS) +
 	                extreme + (fam[ANOMALY_SENDER] >= ANOMALY_MIN_POINTS) +
-	                (fam[ANOMALY_BOUNCE] >= ANOMALY_MIN_POINTS) +
-	                (fam[ANOMALY_CAMPAIGN] >= ANOMALY_MIN_POINTS);
+	                (fam[ANOMALY_BOUNCE] >= ANOMALY_MIN_POINTS);
 	unsigned where = (fam[ANOMALY_NETWORK] >= ANOMALY_MIN_POINTS) +
 	                 (fam[ANOMALY_DNSBL] >= ANOMALY_MIN_POINTS);
 	/* where the login comes from is no evidence without something
@@ -705,7 +637,8 @@ void anomaly_score(const struct anomaly_conf *c, const struct anomaly_input *in,
 	/* off-hours: a multiplier on the rest, never evidence alone */
 	if (sum > 0 && f->hour_share >= 0 && f->hour_share < 0.01) {
 		unsigned p = (sum + 2) / 4;
-		if ((k = anomaly_add(r, ANOMALY_CONTEXT, ANOMALY_K_HOURS, p, f->hour_share, 0, 0))) {
+		if ((k = anomaly_add(r, ANOMALY_CONTEXT, ANOMALY_K_HOURS, p, f->hour_share, 0,
+		                     0))) {
 			k->u = f->hour;
 			sum += p;
 		}
@@ -714,6 +647,9 @@ void anomaly_score(const struct anomaly_conf *c, const struct anomaly_input *in,
 	/* persistence: excess score of requests with independent evidence,
 	 * accumulated over the last hours */
 	double excess = (double)sum - ANOMALY_PERSIST_K;
+	double most = in->since_s * ANOMALY_PERSIST_RATE / 3600; /* sustained, not a burst */
+	if (excess > most)
+		excess = most;
 	r->persist = in->persist + (excess > 0 && r->families >= 2 ? excess : 0);
 	if (r->families >= 2 && r->persist >= 60) {
 		unsigned p = anomaly_pts(r->persist / 8, 45);
@@ -734,8 +670,7 @@ void anomaly_score(const struct anomaly_conf *c, const struct anomaly_input *in,
 }
 
 /* Components, strongest first. */
-size_t anomaly_components_text(struct anomaly_result *r, const char *sep, char *out,
-                               size_t outsz)
+size_t anomaly_components_text(struct anomaly_result *r, const char *sep, char *out, size_t outsz)
 {
 	size_t n = 0;
 	bool used[ANOMALY_MAX_COMP] = {false};
@@ -877,8 +812,7 @@ static void anomaly_raise(struct pipeline_ctx *x, const struct anomaly_conf *c,
 	anomaly_flag(&fr);
 }
 
-static void anomaly_log(const struct pipeline_ctx *x, struct anomaly_result *r,
-                        const char *action)
+static void anomaly_log(const struct pipeline_ctx *x, struct anomaly_result *r, const char *action)
 {
 	struct log_kv kv;
 	char comps[1024];
@@ -924,11 +858,8 @@ void anomaly_finish(struct pipeline_ctx *x)
 	struct profile_obs o;
 	memset(&o, 0, sizeof(o));
 	o.now_s = now;
-	if (x->recipient[0]) {
+	if (x->recipient[0])
 		o.rcpt = profile_hash(x->recipient, strlen(x->recipient));
-		const char *d = anomaly_domain(x->recipient);
-		o.rdomain = d ? profile_hash(d, strlen(d)) : o.rcpt;
-	}
 	const char *inst = proto_get(x->req, PROTO_A_INSTANCE);
 	o.inst = inst[0] ? anomaly_h32(inst) | 1 : 0;
 	const char *ld = anomaly_domain(x->principal);
@@ -937,9 +868,9 @@ void anomaly_finish(struct pipeline_ctx *x)
 	if (x->sender[0]) {
 		o.sender = anomaly_h32(x->sender);
 		size_t ll = strlen(x->principal);
-		o.sender_is_login = !strcasecmp(x->sender, x->principal) ||
-		                    (!ld && !strncasecmp(x->sender, x->principal, ll) &&
-		                     x->sender[ll] == '@');
+		o.sender_is_login =
+		    !strcasecmp(x->sender, x->principal) ||
+		    (!ld && !strncasecmp(x->sender, x->principal, ll) && x->sender[ll] == '@');
 		o.sender_login_domain = ld && sd && !strcasecmp(ld, sd);
 		sender_checked = !o.sender_is_login && x->pkind == PRINCIPAL_SASL;
 		sender_foreign = sender_checked && ld && !o.sender_login_domain;
@@ -999,21 +930,10 @@ void anomaly_finish(struct pipeline_ctx *x)
 	in.cc[2] = '\0';
 	double dt = now > p.last_s ? (double)(now - p.last_s) : 0;
 	in.persist = p.n_rcpts ? profile_decay(p.persist, dt, ANOMALY_PERSIST_TAU) : 0;
-	if (o.prefix && f.net_established)
-		anomaly_campaign_usual(o.prefix, now);
-	else if (o.prefix && in.asn && f.net_any_settled && !f.asn_known)
-		in.campaign = anomaly_campaign_note(o.prefix, anomaly_h32(x->principal) | 1, now);
+	in.since_s = p.n_rcpts ? dt : 3600;
 
 	struct anomaly_result *r = &anomaly_last_r;
 	anomaly_score(c, &in, r);
-	{
-		const char *dbg = getenv("ANOMALY_DEBUG");
-		if (dbg && !strcmp(dbg, x->principal)) {
-			fprintf(stderr, "DBG t=%u net=%s asn=%u cc=%s slot=%d est=%d any=%d asnk=%d cck=%d cnt=%u score=%u\n", now, network, o.asn, o.cc, f.net_slot, f.net_established, f.net_any_settled, f.asn_known, f.cc_known, f.net_count, r->score);
-			for (int i = 0; i < PROFILE_NETS; i++)
-				fprintf(stderr, "   net[%d] pfx=%u asn=%u cc=%.2s count=%u first=%u last=%u\n", i, p.net[i].prefix, p.net[i].asn, p.net[i].cc, p.net[i].count, p.net[i].first_s, p.net[i].last_s);
-		}
-	}
 	r->x = x;
 	anomaly_stats.scored++;
 
@@ -1025,17 +945,20 @@ void anomaly_finish(struct pipeline_ctx *x)
 		if (vp) {
 			char comps[160];
 			anomaly_components_text(r, "; ", comps, sizeof(comps));
-			anomaly_fmt(vp->reason, sizeof(vp->reason), "score %u: %s", r->score, comps);
+			anomaly_fmt(vp->reason, sizeof(vp->reason), "score %u: %s", r->score,
+			            comps);
 			if (c->reply[0])
 				snprintf(vp->text, sizeof(vp->text), "%s", c->reply);
 			else if (a == ACT_DEFER)
-				snprintf(vp->text, sizeof(vp->text),
-				         "Unusual sending activity for %s; try again later or contact "
-				         "support",
-				         x->principal);
+				snprintf(
+				    vp->text, sizeof(vp->text),
+				    "Unusual sending activity for %s; try again later or contact "
+				    "support",
+				    x->principal);
 			else
 				snprintf(vp->text, sizeof(vp->text),
-				         "Held for review: unusual sending activity for %s", x->principal);
+				         "Held for review: unusual sending activity for %s",
+				         x->principal);
 			if (a == ACT_DEFER)
 				snprintf(vp->dsn, sizeof(vp->dsn), "%s", c->dsn);
 		}
@@ -1083,3 +1006,87 @@ void anomaly_finish(struct pipeline_ctx *x)
 	p.persist = (float)r->persist;
 	anomaly_put(x, c, &p);
 }
+
+/* ---------------------------------------------------------------- metrics */
+
+static void anomaly_collect(struct metrics_out *o, void *arg)
+{
+	(void)arg;
+	static const struct {
+		const char *what;
+		size_t off;
+	} v[] = {
+	    {"scored", offsetof(struct anomaly_stats, scored)},
+	    {"warn", offsetof(struct anomaly_stats, warned)},
+	    {"hold", offsetof(struct anomaly_stats, held)},
+	    {"defer", offsetof(struct anomaly_stats, deferred)},
+	    {"flag", offsetof(struct anomaly_stats, flagged)},
+	    {"flag_dry_run", offsetof(struct anomaly_stats, flag_dry)},
+	    {"bad_profile", offsetof(struct anomaly_stats, bad_profiles)},
+	    {"bad_client_address", offsetof(struct anomaly_stats, bad_addresses)},
+	    {"no_room", offsetof(struct anomaly_stats, no_room)},
+	};
+	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		char l[64] = "";
+		metrics_label(l, sizeof(l), "event", v[i].what);
+		metrics_out_u64(
+		    o, l, *(const unsigned long long *)((const char *)&anomaly_stats + v[i].off));
+	}
+}
+
+static void anomaly_collect_dns(struct metrics_out *o, void *arg)
+{
+	(void)arg;
+	static const struct {
+		const char *what;
+		size_t off;
+	} v[] = {
+	    {"cache_hit", offsetof(struct dns_stats, hits)},
+	    {"cache_miss", offsetof(struct dns_stats, misses)},
+	    {"query", offsetof(struct dns_stats, queries)},
+	    {"answer", offsetof(struct dns_stats, answers)},
+	    {"nxdomain", offsetof(struct dns_stats, nxdomain)},
+	    {"timeout", offsetof(struct dns_stats, timeouts)},
+	    {"error", offsetof(struct dns_stats, errors)},
+	    {"bad_answer", offsetof(struct dns_stats, bad_answers)},
+	    {"refused_code", offsetof(struct dns_stats, refused_codes)},
+	    {"broken_zone", offsetof(struct dns_stats, broken_zone)},
+	    {"txt_cut", offsetof(struct dns_stats, txt_cut)},
+	    {"skipped_inflight", offsetof(struct dns_stats, skipped)},
+	    {"bad_address", offsetof(struct dns_stats, bad_addresses)},
+	};
+	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		char l[64] = "";
+		metrics_label(l, sizeof(l), "event", v[i].what);
+		metrics_out_u64(o, l,
+		                *(const unsigned long long *)((const char *)&dns_stats + v[i].off));
+	}
+}
+
+static int anomaly_mod_start(struct module_ctx *m, char *err, size_t errsz)
+{
+	(void)m;
+	(void)err;
+	(void)errsz;
+	metrics_register("policyd_anomaly_total",
+	                 "Anomaly scoring: requests scored, thresholds "
+	                 "crossed, flags, bad stored profiles and client addresses.",
+	                 METRICS_COUNTER_T, anomaly_collect, &anomaly_stats);
+	metrics_register("policyd_dns_total",
+	                 "DNS look-ups (c-ares): cache, queries, answers, "
+	                 "timeouts, bad answers ignored.",
+	                 METRICS_COUNTER_T, anomaly_collect_dns, &anomaly_stats);
+	return 0;
+}
+
+static void anomaly_mod_stop(struct module_ctx *m)
+{
+	(void)m;
+	metrics_unregister(&anomaly_stats);
+}
+
+const struct module anomaly_module = {
+    .name = "anomaly",
+    .start = anomaly_mod_start,
+    .stop = anomaly_mod_stop,
+};

@@ -14,6 +14,7 @@
 
 #include "cache/profile.h"
 #include "config_section.h"
+#include "module.h"
 #include "pipeline.h"
 
 #define ANOMALY_MAX_DNSBL 8
@@ -38,7 +39,7 @@ struct anomaly_conf {
 	int64_t flag_duration_us;         /* 0: the flag module's default */
 	struct anomaly_dnsbl dnsbl[ANOMALY_MAX_DNSBL];
 	size_t ndnsbl;
-	char asn_zone[ANOMALY_ZONE_MAX];  /* "" = no ASN look-ups */
+	char asn_zone[ANOMALY_ZONE_MAX]; /* "" = no ASN look-ups */
 	char asn_zone6[ANOMALY_ZONE_MAX];
 	struct profile_prior prior;
 	char reply[200];
@@ -56,8 +57,7 @@ enum anomaly_family {
 	ANOMALY_DNSBL,
 	ANOMALY_SENDER,
 	ANOMALY_BOUNCE,
-	ANOMALY_CAMPAIGN, /* the same new network for several accounts */
-	ANOMALY_CONTEXT,  /* off-hours, persistence: never evidence alone */
+	ANOMALY_CONTEXT, /* off-hours, persistence: never evidence alone */
 	ANOMALY__FAMILIES
 };
 
@@ -68,16 +68,15 @@ enum anomaly_kind {
 	ANOMALY_K_RCPT_MSG,
 	ANOMALY_K_DISTINCT,
 	ANOMALY_K_MSG_DAY,
-	ANOMALY_K_NOVELTY,  /* a: share, b: of how many, c: usual share */
-	ANOMALY_K_COUNTRY,  /* u: ASN, s: network, cc */
+	ANOMALY_K_NOVELTY, /* a: share, b: of how many, c: usual share */
+	ANOMALY_K_COUNTRY, /* u: ASN, s: network, cc */
 	ANOMALY_K_ASN,
-	ANOMALY_K_PREFIX,   /* u: ASN (0: unknown), s: network */
-	ANOMALY_K_DNSBL,    /* s: client, s2: zone, u: code, a: on the usual provider */
-	ANOMALY_K_SENDER,   /* s: sender, s2: login, a: first use */
-	ANOMALY_K_BOUNCE,   /* a: share, b: sent, c: lower bound */
-	ANOMALY_K_HOURS,    /* u: hour, a: usual share */
-	ANOMALY_K_PERSIST,  /* a: accumulated points */
-	ANOMALY_K_CAMPAIGN, /* s: network, u: other accounts */
+	ANOMALY_K_PREFIX,  /* u: ASN (0: unknown), s: network */
+	ANOMALY_K_DNSBL,   /* s: client, s2: zone, u: code, a: on the usual provider */
+	ANOMALY_K_SENDER,  /* s: sender, s2: login, a: first use */
+	ANOMALY_K_BOUNCE,  /* a: share, b: sent, c: lower bound */
+	ANOMALY_K_HOURS,   /* u: hour, a: usual share */
+	ANOMALY_K_PERSIST, /* a: accumulated points */
 };
 
 struct anomaly_component {
@@ -88,7 +87,7 @@ struct anomaly_component {
 	uint32_t u;
 	const char *s, *s2; /* valid while the request and the config are */
 	char cc[3];
-	char text[112];     /* filled by anomaly_texts() */
+	char text[112]; /* filled by anomaly_texts() */
 };
 
 /* Everything the score is computed from, besides the profile features. */
@@ -99,24 +98,24 @@ struct anomaly_input {
 	uint32_t asn;        /* 0 = not known */
 	char cc[3];
 	const char *login, *sender;
-	bool sender_foreign; /* another domain than the login's */
-	bool sender_checked; /* the sender can be judged (not null, not the login) */
+	bool sender_foreign;    /* another domain than the login's */
+	bool sender_checked;    /* the sender can be judged (not null, not the login) */
 	const char *dnsbl_zone; /* a listing, or NULL */
 	uint32_t dnsbl_code;
 	double persist; /* decayed excess score before this request */
-	unsigned campaign; /* other accounts new on this network lately */
+	double since_s; /* since the account's previous request */
 };
 
 struct anomaly_result {
 	unsigned score;
 	struct anomaly_component c[ANOMALY_MAX_COMP];
 	size_t n;
-	unsigned families;  /* independent kinds of evidence (10 points or more) */
-	unsigned behaviour; /* points of volume and novelty */
-	double persist;    /* the accumulator after this request */
-	bool flag;         /* over the flag threshold with enough families */
-	bool flag_raised;  /* ... and a flag was raised (not dry run, not frozen) */
-	enum verdict_action action; /* the strongest threshold crossed */
+	unsigned families;            /* independent kinds of evidence (10 points or more) */
+	unsigned behaviour;           /* points of volume and novelty */
+	double persist;               /* the accumulator after this request */
+	bool flag;                    /* over the flag threshold with enough families */
+	bool flag_raised;             /* ... and a flag was raised (not dry run, not frozen) */
+	enum verdict_action action;   /* the strongest threshold crossed */
 	const struct pipeline_ctx *x; /* the request it belongs to */
 	bool texts;                   /* c[].text are made */
 	char network[64];             /* what components' s may point to */
@@ -135,11 +134,7 @@ void anomaly_texts(struct anomaly_result *r);
 void anomaly_set_always_texts(bool on);
 
 /* "recipients/h 14σ over baseline; 92% new recipients; ..." into out. */
-size_t anomaly_components_text(struct anomaly_result *r, const char *sep, char *out,
-                               size_t outsz);
-
-/* Forget the networks seen new across accounts (replay, tests). */
-void anomaly_campaign_reset(void);
+size_t anomaly_components_text(struct anomaly_result *r, const char *sep, char *out, size_t outsz);
 
 /* The result of the last request the check scored (replay, tests). */
 const struct anomaly_result *anomaly_last(void);
@@ -149,6 +144,9 @@ void anomaly_reset_last(void);
 struct flag_request;
 typedef void anomaly_flag_fn(const struct flag_request *r);
 void anomaly_set_flag_fn(anomaly_flag_fn *fn);
+
+/* The module that publishes the anomaly and DNS metrics (modules.c). */
+extern const struct module anomaly_module;
 
 struct anomaly_stats {
 	unsigned long long scored, warned, held, deferred, flagged, flag_dry;

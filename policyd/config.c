@@ -347,6 +347,17 @@ static int config_server(struct config_ctx *x, const char *name, const char *v)
 		free(c->log_target);
 		c->log_target = config_strdup(v);
 	} else if (!strcmp(name, "log_facility")) {
+		static const char *const fac[] = {"mail",   "daemon", "user",   "local0",
+		                                  "local1", "local2", "local3", "local4",
+		                                  "local5", "local6", "local7"};
+		bool ok = false;
+		for (size_t i = 0; i < sizeof(fac) / sizeof(fac[0]); i++)
+			ok = ok || !strcmp(v, fac[i]);
+		if (!ok) {
+			config_seterr(
+			    x, "log_facility: '%s' (mail, daemon, user, local0 .. local7)", v);
+			return 0;
+		}
 		free(c->log_facility);
 		c->log_facility = config_strdup(v);
 	} else if (!strcmp(name, "log_decisions")) {
@@ -460,6 +471,13 @@ static int config_server(struct config_ctx *x, const char *name, const char *v)
 			return 0;
 		}
 		c->max_keys = n;
+	} else if (!strcmp(name, "socket_group")) {
+		if (v[0] == '\0' || strlen(v) > 32) {
+			config_seterr(x, "socket_group: '%s' is not a group name", v);
+			return 0;
+		}
+		free(c->socket_group);
+		c->socket_group = config_strdup(v);
 	} else if (!strcmp(name, "user") || !strcmp(name, "group")) {
 		char **dst = name[0] == 'u' ? &c->user : &c->group;
 		if (v[0] == '\0' || strlen(v) > 32) {
@@ -1157,6 +1175,7 @@ void config_free(struct config *c)
 	free(c->pid_file);
 	free(c->user);
 	free(c->group);
+	free(c->socket_group);
 	free(c->log_target);
 	free(c->log_facility);
 	free(c->fallback_action);

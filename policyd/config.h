@@ -93,6 +93,7 @@ struct config {
 	struct key_opts keyopts;
 	uint64_t max_keys;
 	unsigned socket_mode; /* unix listeners, e.g. 0660 */
+	char *socket_group;   /* chgrp of unix listeners (e.g. postfix), NULL: none */
 	/* control socket and metrics (control.c, metrics.c) */
 	char *control;             /* "unix:/run/policyd/control.sock" or NULL */
 	char *control_group;       /* group allowed on it besides root and us, or NULL */

@@ -8,9 +8,10 @@
 
 #include "anomaly.h"
 #include "dns.h"
+#include "selfcheck.h"
 #include "flag.h"
 #include "ndr.h"
 
 const struct config_section *const config_sections[] = {
-    &anomaly_section, &dns_section, &flag_config_section, &ndr_config_section, NULL,
+    &anomaly_section, &dns_section, &selfcheck_section, &flag_config_section, &ndr_config_section, NULL,
 };

@@ -39,6 +39,7 @@
 #include "held.h"
 #include "log.h"
 #include "ndr.h"
+#include "selfcheck.h"
 #include "server.h"
 #include "verdict.h"
 
@@ -112,6 +113,7 @@ static const struct control_cmd control_cmds[] = {
     {"resume", false, control_run_resume},  {"top", false, control_run_top},
     {"usage", true, control_run_usage},     {"reset", true, control_run_reset},
     {"held", false, control_run_held},      {"ndr", false, ndr_control},
+    {"doctor", false, selfcheck_control},
 };
 #define CONTROL_NCMDS (sizeof(control_cmds) / sizeof(control_cmds[0]))
 

@@ -264,7 +264,7 @@ struct dns_q {
 struct dns_fix {
 	struct dns_fix *next;
 	uint64_t h;
-	int type;      /* 1, 16, or 0 = NXDOMAIN */
+	int type; /* 1, 16, or 0 = NXDOMAIN */
 	uint32_t ttl;
 	uint32_t a;
 	char *txt;
@@ -294,9 +294,16 @@ static struct {
 	/* log rate limit */
 	int64_t log_minute;
 	unsigned log_lines, log_suppressed;
-} D = {.conf = {.timeout_ms = 800, .tries = 2, .max_inflight = 256, .cache_size = 65536,
-                .min_ttl = 60, .max_ttl = 86400, .neg_ttl = 900, .neg_max_ttl = 3600,
-                .error_ttl = 30, .probe_interval = 3600}};
+} D = {.conf = {.timeout_ms = 800,
+                .tries = 2,
+                .max_inflight = 256,
+                .cache_size = 65536,
+                .min_ttl = 60,
+                .max_ttl = 86400,
+                .neg_ttl = 900,
+                .neg_max_ttl = 3600,
+                .error_ttl = 30,
+                .probe_interval = 3600}};
 
 static int64_t dns_wall_us(void)
 {
@@ -321,7 +328,8 @@ static void dns_badlog(const char *fmt, ...)
 	int64_t minute = dns_wall_us() / 60000000;
 	if (minute != D.log_minute) {
 		if (D.log_suppressed)
-			log_warn("event=dns_bad_input suppressed=%u (rate limit)", D.log_suppressed);
+			log_warn("event=dns_bad_input suppressed=%u (rate limit)",
+			         D.log_suppressed);
 		D.log_minute = minute;
 		D.log_lines = 0;
 		D.log_suppressed = 0;
@@ -489,7 +497,8 @@ static void dns_sock_state_cb(void *data, ares_socket_t fd, int readable, int wr
 				D.io[i].fd = -1;
 				return;
 			}
-			ev_io_set(&D.io[i].w, fd, (readable ? EV_READ : 0) | (writable ? EV_WRITE : 0));
+			ev_io_set(&D.io[i].w, fd,
+			          (readable ? EV_READ : 0) | (writable ? EV_WRITE : 0));
 			ev_io_start(D.loop, &D.io[i].w);
 			return;
 		}
@@ -869,7 +878,8 @@ int dns_fixture_load(const char *path, char *err, size_t errsz)
 			int k = sscanf(rest, "%63s %u", addr, &ttl);
 			if (k < 1 || inet_pton(AF_INET, addr, &ia) != 1) {
 				free(f);
-				snprintf(err, errsz, "%s:%u: A needs an IPv4 address", path, lineno);
+				snprintf(err, errsz, "%s:%u: A needs an IPv4 address", path,
+				         lineno);
 				goto fail;
 			}
 			f->type = 1;
@@ -988,8 +998,7 @@ static uint32_t dns_clamp(uint32_t v, uint32_t lo, uint32_t hi)
 }
 
 /* Is this A answer of a DNSBL a listing?  Bad codes are counted and logged. */
-static enum dns_result dns_dnsbl_code(const char *name, const struct dns_answer *a,
-                                      uint32_t *code)
+static enum dns_result dns_dnsbl_code(const char *name, const struct dns_answer *a, uint32_t *code)
 {
 	for (unsigned i = 0; i < a->n; i++) {
 		uint32_t v = a->a[i];
@@ -1005,9 +1014,10 @@ static enum dns_result dns_dnsbl_code(const char *name, const struct dns_answer 
 		}
 		if (v == 0x7f000001u || (v & 0xffffff00u) == 0x7fffff00u) {
 			dns_stats.refused_codes++;
-			dns_badlog("name=%s answer=%s reason=\"error code of the list (query refused, "
-			           "public resolver or over quota): not a listing\"",
-			           name, t);
+			dns_badlog(
+			    "name=%s answer=%s reason=\"error code of the list (query refused, "
+			    "public resolver or over quota): not a listing\"",
+			    name, t);
 			continue;
 		}
 		*code = v;
@@ -1085,9 +1095,10 @@ static void dns_deliver(struct dns_q *q, struct dns_answer *a)
 		else if (a->result == DNS_YES && e->kind == DNS_K_ASN) {
 			if (a->txt_cut || dns_parse_asn(a->txt[0], &e->asn) < 0) {
 				dns_stats.bad_answers++;
-				dns_badlog("name=%s reason=\"TXT is not 'ASN | prefix | CC | ...'\" "
-				           "txt=\"%.80s%s\"",
-				           e->name, a->txt[0], strlen(a->txt[0]) > 80 ? "..." : "");
+				dns_badlog(
+				    "name=%s reason=\"TXT is not 'ASN | prefix | CC | ...'\" "
+				    "txt=\"%.80s%s\"",
+				    e->name, a->txt[0], strlen(a->txt[0]) > 80 ? "..." : "");
 				e->result = DNS_ERROR;
 			}
 		}
@@ -1096,9 +1107,10 @@ static void dns_deliver(struct dns_q *q, struct dns_answer *a)
 			ttl = dns_clamp(a->ttl, D.conf.min_ttl, D.conf.max_ttl);
 			break;
 		case DNS_NO:
-			ttl = a->ttl ? dns_clamp(a->ttl, D.conf.min_ttl < D.conf.neg_max_ttl
-			                                     ? D.conf.min_ttl
-			                                     : D.conf.neg_max_ttl,
+			ttl = a->ttl ? dns_clamp(a->ttl,
+			                         D.conf.min_ttl < D.conf.neg_max_ttl
+			                             ? D.conf.min_ttl
+			                             : D.conf.neg_max_ttl,
 			                         D.conf.neg_max_ttl)
 			             : D.conf.neg_ttl;
 			break;
@@ -1255,8 +1267,7 @@ enum dns_result dns_dnsbl(const char *ip, const char *zone, int64_t now_us, uint
 	return dns_list(name, zone, now_us, code);
 }
 
-enum dns_result dns_dnsbl_name(const char *domain, const char *zone, int64_t now_us,
-                               uint32_t *code)
+enum dns_result dns_dnsbl_name(const char *domain, const char *zone, int64_t now_us, uint32_t *code)
 {
 	char name[DNS_NAME_MAX];
 	*code = 0;

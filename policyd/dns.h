@@ -29,16 +29,16 @@
 
 /* The [dns] section. */
 struct dns_conf {
-	char servers[256];     /* "127.0.0.1:5353,..."; "" = /etc/resolv.conf */
-	unsigned timeout_ms;   /* per try */
+	char servers[256];   /* "127.0.0.1:5353,..."; "" = /etc/resolv.conf */
+	unsigned timeout_ms; /* per try */
 	unsigned tries;
-	unsigned max_inflight; /* queries in flight; more are skipped (counted) */
-	size_t cache_size;     /* entries */
+	unsigned max_inflight;     /* queries in flight; more are skipped (counted) */
+	size_t cache_size;         /* entries */
 	uint32_t min_ttl, max_ttl; /* clamp of positive TTLs, seconds */
-	uint32_t neg_ttl;      /* NXDOMAIN/NODATA without SOA */
-	uint32_t neg_max_ttl;  /* clamp of negative TTLs */
-	uint32_t error_ttl;    /* timeouts, SERVFAIL, bad answers */
-	uint32_t probe_interval; /* DNSBL sanity probe (127.0.0.1 must not be listed) */
+	uint32_t neg_ttl;          /* NXDOMAIN/NODATA without SOA */
+	uint32_t neg_max_ttl;      /* clamp of negative TTLs */
+	uint32_t error_ttl;        /* timeouts, SERVFAIL, bad answers */
+	uint32_t probe_interval;   /* DNSBL sanity probe (127.0.0.1 must not be listed) */
 };
 
 extern const struct config_section dns_section;
@@ -77,12 +77,12 @@ enum dns_result dns_dnsbl_name(const char *name, const char *zone, int64_t now_u
 /* A plain answer for the self-check. */
 struct dns_answer {
 	enum dns_result result;
-	int rcode;        /* ns_r_* when an answer came, -1 otherwise */
-	const char *error; /* static text when result is DNS_ERROR */
-	unsigned n;        /* records */
-	uint32_t a[DNS_MAX_RECORDS];          /* A, host order */
-	char *txt[DNS_MAX_RECORDS];           /* TXT, strings joined, NUL-terminated */
-	bool txt_cut;                         /* a record was longer than DNS_TXT_MAX */
+	int rcode;                   /* ns_r_* when an answer came, -1 otherwise */
+	const char *error;           /* static text when result is DNS_ERROR */
+	unsigned n;                  /* records */
+	uint32_t a[DNS_MAX_RECORDS]; /* A, host order */
+	char *txt[DNS_MAX_RECORDS];  /* TXT, strings joined, NUL-terminated */
+	bool txt_cut;                /* a record was longer than DNS_TXT_MAX */
 	uint32_t ttl;
 };
 typedef void dns_cb(void *arg, const struct dns_answer *a);

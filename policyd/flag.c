@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,7 @@
 #include "hook.h"
 #include "key.h"
 #include "log.h"
+#include "metrics.h"
 #include "module.h"
 #include "pipeline.h"
 #include "proto/reply.h"
@@ -1531,8 +1533,44 @@ void flag_check_finish(struct pipeline_ctx *x)
 
 /* -------------------------------------------------------------- module */
 
+/* Flags and lockout hooks for /metrics (collected at scrape time). */
+static void flag_collect(struct metrics_out *o, void *arg)
+{
+	int which = (int)(intptr_t)arg;
+	if (which == 0) {
+		metrics_out_u64(o, "event=\"raised\"", F.raised);
+		metrics_out_u64(o, "event=\"cleared\"", F.cleared);
+	} else if (which == 1) {
+		metrics_out_u64(o, "", F.paused ? 1 : 0);
+	} else {
+		struct hook_stats h;
+		hook_get_stats(&h);
+		metrics_out_u64(o, "result=\"started\"", h.started);
+		metrics_out_u64(o, "result=\"done\"", h.done);
+		metrics_out_u64(o, "result=\"failed\"", h.failed);
+		metrics_out_u64(o, "result=\"retried\"", h.retried);
+		metrics_out_u64(o, "result=\"timeout\"", h.timeouts);
+		metrics_out_u64(o, "result=\"interrupted\"", h.interrupted);
+	}
+}
+
+static void flag_metrics_register(void)
+{
+	static bool done;
+	if (done)
+		return;
+	done = true;
+	metrics_register("policyd_flags_total", "Account flags raised and cleared.",
+	                 METRICS_COUNTER_T, flag_collect, (void *)(intptr_t)0);
+	metrics_register("policyd_paused", "1 while outbound mail is paused (policyctl pause).",
+	                 METRICS_GAUGE_T, flag_collect, (void *)(intptr_t)1);
+	metrics_register("policyd_lockout_hook_runs_total", "Lockout command runs, by result.",
+	                 METRICS_COUNTER_T, flag_collect, (void *)(intptr_t)2);
+}
+
 int flag_init(struct module_ctx *m, char *err, size_t errsz)
 {
+	flag_metrics_register();
 	const struct flag_config *fc = flag_config(m->cfg);
 	F.m = m;
 	F.loop = m->loop;

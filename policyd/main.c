@@ -31,7 +31,10 @@
 #ifndef POLICYD_VERSION
 #define POLICYD_VERSION "0.1.0"
 #endif
-#define DEFAULT_CONFIG "/etc/policyd/policyd.conf"
+#ifndef POLICYD_CONFIG_PATH /* set by meson from sysconfdir */
+#define POLICYD_CONFIG_PATH "/etc/policyd/policyd.conf"
+#endif
+#define DEFAULT_CONFIG POLICYD_CONFIG_PATH
 
 struct app {
 	const char *config_path;
@@ -118,7 +121,12 @@ static void on_hup(struct ev_loop *loop, ev_signal *w, int revents)
 	}
 	if (strcmp(c->store, old->store) || strcmp(c->state_dir, old->state_dir))
 		log_warn("store or state_dir changed in %s: restart policyd to apply it", c->path);
-	server_reload(a->srv, c);
+	if (server_reload(a->srv, c) < 0) {
+		log_err("reload refused: too many reloads while requests wait for the store; "
+		        "try again in a moment");
+		config_free(c);
+		return;
+	}
 	a->mctx.cfg = c;
 	for (size_t i = 0; i < a->nstarted; i++)
 		if (modules[i]->reload)
@@ -335,6 +343,21 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (check) {
+		/* what only shows at start: names that must exist on this host */
+		const char *missing = NULL;
+		if (cfg->user && getpwnam(cfg->user) == NULL)
+			missing = cfg->user;
+		else if (cfg->group && getgrnam(cfg->group) == NULL)
+			missing = cfg->group;
+		else if (cfg->socket_group && getgrnam(cfg->socket_group) == NULL)
+			missing = cfg->socket_group;
+		if (missing) {
+			fprintf(stderr,
+			        "policyd: %s: user or group '%s' does not exist on this host\n",
+			        path, missing);
+			config_free(cfg);
+			return 1;
+		}
 		print_summary(cfg);
 		config_free(cfg);
 		return 0;

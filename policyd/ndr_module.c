@@ -43,8 +43,11 @@
 #include "pipeline.h"
 #include "proto/maillog.h"
 
+#ifndef POLICYD_PATTERNS_PATH /* set by meson from datadir */
+#define POLICYD_PATTERNS_PATH "/usr/share/policyd/ndr-patterns.conf"
+#endif
 #ifndef NDR_DEFAULT_PATTERNS
-#define NDR_DEFAULT_PATTERNS "/usr/share/policyd/ndr-patterns.conf"
+#define NDR_DEFAULT_PATTERNS POLICYD_PATTERNS_PATH
 #endif
 #define NDR_STATE_NAME       "ndr.state"
 #define NDR_MAX_PATTERN_FILE (16u << 20)

@@ -44,13 +44,17 @@
 
 #include "policyd/config.h"
 #include "policyd/control.h"
+#include "policyd/selfcheck.h"
 #include "policyd/verdict.h"
 #include "proto/classify.h"
 #include "proto/maillog.h"
 #include "proto/postqueue.h"
 
 #ifndef POLICYCTL_PATTERNS
-#define POLICYCTL_PATTERNS "/usr/share/policyd/ndr-patterns.conf"
+#ifndef POLICYD_PATTERNS_PATH /* set by meson from datadir */
+#define POLICYD_PATTERNS_PATH "/usr/share/policyd/ndr-patterns.conf"
+#endif
+#define POLICYCTL_PATTERNS POLICYD_PATTERNS_PATH
 #endif
 #define POLICYCTL_MAX_PATTERN_FILE (16u << 20)
 #define POLICYCTL_MAX_SOURCES      16
@@ -105,13 +109,30 @@ static const struct policyctl_cmd policyctl_cmds[] = {
     {"ndr", "[-n N] [--account A] | clear ACCOUNT",
      "bounces per account: sent, bounced, deferred, expired, ratio, spike, top classes",
      pctl_cmd_ndr},
+    {"doctor", "[-c CONFIG] [-C POSTFIX_DIR] [--json] [--no-dns]",
+     "self-check: our IPs and domains on blocklists, SPF/DMARC/DKIM, Postfix wiring",
+     selfcheck_doctor_main},
 };
 
 #define POLICYCTL_NCMDS (sizeof(policyctl_cmds) / sizeof(policyctl_cmds[0]))
 
+#ifndef POLICYCTL_CONFIG
+#ifndef POLICYD_CONFIG_PATH /* set by meson from sysconfdir */
+#define POLICYD_CONFIG_PATH "/etc/policyd/policyd.conf"
+#endif
+#define POLICYCTL_CONFIG POLICYD_CONFIG_PATH
+#endif
+
 static void policyctl_usage(FILE *f)
 {
-	fprintf(f, "usage: policyctl [-h] COMMAND [ARGS]\n\ncommands:\n");
+	fprintf(f,
+	        "usage: policyctl [-h] [-c CONFIG | -s SOCKET] [-C POSTFIX_DIR] [--json] COMMAND "
+	        "[ARGS]\n\n"
+	        "  -c CONFIG       policyd.conf: the control socket is its [server] control\n"
+	        "                  (default " POLICYCTL_CONFIG ")\n"
+	        "  -s SOCKET       the control socket itself\n"
+	        "  -C POSTFIX_DIR  Postfix's config directory (postqueue/postsuper -c)\n"
+	        "  --json          JSON output for scripts\n\ncommands:\n");
 	for (size_t i = 0; i < POLICYCTL_NCMDS; i++)
 		fprintf(f, "  %s %s\n      %s\n", policyctl_cmds[i].name, policyctl_cmds[i].args,
 		        policyctl_cmds[i].summary);
@@ -494,9 +515,6 @@ done:
  * Exit status of these commands: 0 done, 1 failed (message on standard
  * error), 2 usage. ==== */
 
-#ifndef POLICYCTL_CONFIG
-#define POLICYCTL_CONFIG "/etc/policyd/policyd.conf"
-#endif
 #ifndef POLICYCTL_SOCKET
 #define POLICYCTL_SOCKET "/run/policyd/control.sock"
 #endif
@@ -549,6 +567,16 @@ static int pctl_global_options(int *argc, char ***argv)
 	return 0;
 }
 
+/* Is `name` one of the comma-separated words of `list`? */
+static bool pctl_allowed(const char *list, const char *name)
+{
+	size_t n = strlen(name);
+	for (const char *p = list; (p = strstr(p, name)) != NULL; p += n)
+		if ((p == list || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))
+			return true;
+	return false;
+}
+
 /* The command's options; `allowed` lists the long ones it takes. */
 static int pctl_parse(int argc, char **argv, const char *allowed)
 {
@@ -562,10 +590,10 @@ static int pctl_parse(int argc, char **argv, const char *allowed)
 		} else if (!strcmp(a, "--json") || !strcmp(a, "-j")) {
 			pctl_o.json = true;
 			takes = false;
-		} else if (!strcmp(a, "--hold") && strstr(allowed, "hold")) {
+		} else if (!strcmp(a, "--hold") && pctl_allowed(allowed, "hold")) {
 			pctl_o.hold = true;
 			takes = false;
-		} else if (!strcmp(a, "--defer") && strstr(allowed, "defer")) {
+		} else if (!strcmp(a, "--defer") && pctl_allowed(allowed, "defer")) {
 			pctl_o.defer = true;
 			takes = false;
 		} else if (!strcmp(a, "--")) {
@@ -596,17 +624,17 @@ static int pctl_parse(int argc, char **argv, const char *allowed)
 			dst = &pctl_o.socket;
 		else if (!strcmp(a, "-C"))
 			dst = &pctl_o.postfix_dir;
-		else if (!strcmp(a, "--reason") && strstr(allowed, "reason"))
+		else if (!strcmp(a, "--reason") && pctl_allowed(allowed, "reason"))
 			dst = &pctl_o.reason;
-		else if (!strcmp(a, "--duration") && strstr(allowed, "duration"))
+		else if (!strcmp(a, "--duration") && pctl_allowed(allowed, "duration"))
 			dst = &pctl_o.duration;
-		else if (!strcmp(a, "--rule") && strstr(allowed, "rule"))
+		else if (!strcmp(a, "--rule") && pctl_allowed(allowed, "rule"))
 			dst = &pctl_o.rule;
-		else if (!strcmp(a, "--account") && strstr(allowed, "account"))
+		else if (!strcmp(a, "--account") && pctl_allowed(allowed, "account"))
 			dst = &pctl_o.account;
-		else if (!strcmp(a, "--html") && strstr(allowed, "html"))
+		else if (!strcmp(a, "--html") && pctl_allowed(allowed, "html"))
 			dst = &pctl_o.html;
-		else if (!strcmp(a, "-n") && strstr(allowed, "n,")) {
+		else if (!strcmp(a, "-n") && pctl_allowed(allowed, "n")) {
 			char *end;
 			unsigned long n = v ? strtoul(v, &end, 10) : 0;
 			if (v == NULL || *end || n < 1 || n > 1000) {
@@ -2236,9 +2264,23 @@ int main(int argc, char **argv)
 		policyctl_usage(stdout);
 		return 0;
 	}
-	for (size_t i = 0; i < POLICYCTL_NCMDS; i++)
-		if (strcmp(argv[1], policyctl_cmds[i].name) == 0)
-			return policyctl_cmds[i].run(argc - 1, argv + 1);
+	for (size_t i = 0; i < POLICYCTL_NCMDS; i++) {
+		const struct policyctl_cmd *c = &policyctl_cmds[i];
+		if (strcmp(argv[1], c->name) != 0)
+			continue;
+		/* `COMMAND -h` explains and never runs the command (classify and
+		 * doctor print their own, longer help) */
+		for (int a = 2; a < argc && strcmp(argv[a], "--") != 0; a++)
+			if ((!strcmp(argv[a], "-h") || !strcmp(argv[a], "--help")) &&
+			    strcmp(c->name, "classify") != 0 && strcmp(c->name, "doctor") != 0) {
+				printf("usage: policyctl [-c CONFIG | -s SOCKET] [-C POSTFIX_DIR] "
+				       "[--json] "
+				       "%s %s\n  %s\n",
+				       c->name, c->args, c->summary);
+				return 0;
+			}
+		return c->run(argc - 1, argv + 1);
+	}
 	fprintf(stderr, "policyctl: unknown command `%s`\n", argv[1]);
 	policyctl_usage(stderr);
 	return 2;

@@ -38,7 +38,7 @@
 
 #define REPLAY_MAX_TXN   4096
 #define REPLAY_TXN_SLOTS 8192 /* power of two, twice REPLAY_MAX_TXN */
-#define REPLAY_BUF     (1u << 20)
+#define REPLAY_BUF       (1u << 20)
 
 struct replay_txn {
 	char instance[TXN_INSTANCE_MAX];
@@ -167,7 +167,7 @@ static void replay_print(struct replay *R, double ts)
 	json_object_set_new(o, "score", scored ? json_integer(a->score) : json_null());
 	json_object_set_new(o, "components", comps);
 	json_object_set_new(o, "flagged", json_boolean(scored && a->flag_raised));
-	char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(14));
 	if (s) {
 		fputs(s, R->out);
 		fputc('\n', R->out);
@@ -184,8 +184,7 @@ struct replay_call {
 	bool done;
 };
 
-static void replay_done(void *arg, enum store_status st, const struct store_result *res,
-                        size_t n)
+static void replay_done(void *arg, enum store_status st, const struct store_result *res, size_t n)
 {
 	struct replay_call *c = arg;
 	struct pipeline_ctx *x = c->R->x;
@@ -271,7 +270,8 @@ int replay_run(const char *path, const char *dns_fixture, const struct config *c
 			fclose(in);
 		return 1;
 	}
-	struct store_memory_opts mo = {.state_dir = NULL, .max_keys = cfg->max_keys, .flush_ms = 1000};
+	struct store_memory_opts mo = {
+	    .state_dir = NULL, .max_keys = cfg->max_keys, .flush_ms = 1000};
 	R.store = store_memory_open(&mo, 0, err, sizeof(err));
 	R.x = malloc(sizeof(*R.x));
 	R.txn = calloc(REPLAY_TXN_SLOTS, sizeof(*R.txn));
@@ -288,7 +288,6 @@ int replay_run(const char *path, const char *dns_fixture, const struct config *c
 	anomaly_set_flag_fn(replay_flag);
 	anomaly_set_always_texts(true);
 	anomaly_reset_last();
-	anomaly_campaign_reset();
 
 	struct proto_limits lim;
 	proto_limits_default(&lim);

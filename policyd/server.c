@@ -15,6 +15,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <grp.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -34,7 +35,8 @@
 #include "proto/reply.h"
 #include "proto/request.h"
 
-#define CONN_BUF_INIT 4096
+#define CONN_BUF_INIT      4096
+#define SERVER_MAX_RETIRED 16
 
 struct listener {
 	ev_io w;
@@ -68,7 +70,9 @@ struct conn {
 struct server {
 	struct ev_loop *loop;
 	struct config *cfg;
-	struct config *old_cfg; /* freed when no request is in flight */
+	/* configs replaced while requests were in flight: freed when none is */
+	struct config *retired[SERVER_MAX_RETIRED];
+	size_t nretired;
 	struct store *store;
 	struct listener ls[CONFIG_MAX_LISTEN];
 	size_t nls;
@@ -509,10 +513,9 @@ static void store_done(void *arg, enum store_status st, const struct store_resul
 		if (conn_flush(c) == 0 && c->outlen == 0)
 			conn_process(c);
 	}
-	if (s->busy == 0 && s->old_cfg) {
-		config_free(s->old_cfg);
-		s->old_cfg = NULL;
-	}
+	if (s->busy == 0)
+		while (s->nretired > 0)
+			config_free(s->retired[--s->nretired]);
 	if (s->stopping && s->busy == 0)
 		ev_break(s->loop, EVBREAK_ALL);
 }
@@ -686,6 +689,15 @@ struct server *server_new(struct ev_loop *loop, struct config *cfg, struct store
 			fd = listen_unix(host, cfg->socket_mode, err, errsz);
 		else
 			fd = listen_inet(host, port, err, errsz);
+		if (fd >= 0 && fam == AF_UNIX && cfg->socket_group) {
+			struct group *gr = getgrnam(cfg->socket_group);
+			if (gr == NULL || chown(host, (uid_t)-1, gr->gr_gid) < 0) {
+				snprintf(err, errsz, "unix:%s: socket_group %s: %s", host,
+				         cfg->socket_group, gr ? strerror(errno) : "no such group");
+				close(fd);
+				fd = -1;
+			}
+		}
 		if (fd < 0)
 			goto fail;
 		struct listener *l = &s->ls[s->nls++];
@@ -708,8 +720,10 @@ void server_start(struct server *s)
 	}
 }
 
-void server_reload(struct server *s, struct config *cfg)
+int server_reload(struct server *s, struct config *cfg)
 {
+	if (s->busy && s->nretired == SERVER_MAX_RETIRED)
+		return -1; /* a reload storm while requests wait for the store */
 	bool same = cfg->nlisten == s->cfg->nlisten;
 	for (size_t i = 0; same && i < cfg->nlisten; i++)
 		same = strcmp(cfg->listen[i], s->cfg->listen[i]) == 0;
@@ -717,13 +731,12 @@ void server_reload(struct server *s, struct config *cfg)
 		log_warn(
 		    "listen changed in %s: restart policyd to apply it (the old listeners stay)",
 		    cfg->path);
-	if (s->old_cfg) /* two reloads while a request was in flight */
-		config_free(s->old_cfg);
 	if (s->busy)
-		s->old_cfg = s->cfg;
+		s->retired[s->nretired++] = s->cfg;
 	else
 		config_free(s->cfg);
 	s->cfg = cfg;
+	return 0;
 }
 
 static void stop_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -762,7 +775,8 @@ void server_free(struct server *s)
 		free(s->ls[i].name);
 	}
 	ev_timer_stop(s->loop, &s->stop_timer);
-	config_free(s->old_cfg);
+	while (s->nretired > 0)
+		config_free(s->retired[--s->nretired]);
 	free(s->spare);
 	free(s);
 }

@@ -28,8 +28,9 @@ struct server *server_new(struct ev_loop *loop, struct config *cfg, struct store
                           size_t errsz);
 /* Start accepting. */
 void server_start(struct server *s);
-/* Replace the config (SIGHUP). Listener changes are reported, not applied. */
-void server_reload(struct server *s, struct config *cfg);
+/* Replace the config (SIGHUP). Listener changes are reported, not applied.
+ * -1 (cfg not taken) while too many old configs wait for requests in flight. */
+int server_reload(struct server *s, struct config *cfg);
 /* Stop accepting, finish requests in flight, then break the loop. */
 void server_stop(struct server *s);
 void server_free(struct server *s);

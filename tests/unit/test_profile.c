@@ -132,16 +132,14 @@ static void test_bounds(void **state)
 }
 
 /* One recipient request of account p; returns the features. */
-static void send1(struct profile *p, const struct profile_prior *pr, uint32_t now,
-                  const char *rcpt, uint32_t inst, const char *sender, uint32_t prefix,
-                  uint32_t asn, const char *cc, struct profile_features *f)
+static void send1(struct profile *p, const struct profile_prior *pr, uint32_t now, const char *rcpt,
+                  uint32_t inst, const char *sender, uint32_t prefix, uint32_t asn, const char *cc,
+                  struct profile_features *f)
 {
 	struct profile_obs o;
 	memset(&o, 0, sizeof(o));
 	o.now_s = now;
 	o.rcpt = hs(rcpt);
-	const char *at = strchr(rcpt, '@');
-	o.rdomain = hs(at ? at + 1 : rcpt);
 	o.inst = inst;
 	o.sender = (uint32_t)hs(sender);
 	o.sender_is_login = true;
@@ -196,8 +194,10 @@ static void test_month_then_burst(void **state)
 			uint32_t t = T0 - T0 % 86400 + d * 86400 + 8 * 3600 + m * 5400;
 			unsigned nr = 1 + (m % 3 == 0);
 			for (unsigned r = 0; r < nr; r++) {
-				snprintf(b, sizeof(b), "friend%u@example.org", (d * 7 + m * 3 + r) % 25);
-				send1(&p, &pr, t + r, b, inst, "me@example.net", 11, 64500, "NL", &f);
+				snprintf(b, sizeof(b), "friend%u@example.org",
+				         (d * 7 + m * 3 + r) % 25);
+				send1(&p, &pr, t + r, b, inst, "me@example.net", 11, 64500, "NL",
+				      &f);
 			}
 			inst++;
 		}
@@ -229,7 +229,6 @@ static void test_month_then_burst(void **state)
 		memset(&o, 0, sizeof(o));
 		o.now_s = t + i * 10;
 		o.rcpt = hs(b);
-		o.rdomain = hs("example.biz");
 		o.inst = 100000 + i / 10;
 		o.sender = (uint32_t)hs("me@example.net");
 		o.prefix = 99;
@@ -316,7 +315,7 @@ static void test_wire_bad(void **state)
 		w[0] = PROFILE_VERSION;
 		if (profile_decode(&q, w, sizeof(w)) == 0) {
 			struct profile_features f;
-			struct profile_obs o = {.now_s = T0, .rcpt = 5, .rdomain = 6, .inst = 7};
+			struct profile_obs o = {.now_s = T0, .rcpt = 5, .inst = 7};
 			struct profile_prior pr;
 			profile_prior_default(&pr);
 			profile_observe(&q, &o, &pr, &f);
@@ -328,10 +327,14 @@ static void test_wire_bad(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_ewma),          cmocka_unit_test(test_decay),
-	    cmocka_unit_test(test_hll),           cmocka_unit_test(test_rcpt_set),
-	    cmocka_unit_test(test_bounds),        cmocka_unit_test(test_cold_start),
-	    cmocka_unit_test(test_month_then_burst), cmocka_unit_test(test_sender_and_net),
+	    cmocka_unit_test(test_ewma),
+	    cmocka_unit_test(test_decay),
+	    cmocka_unit_test(test_hll),
+	    cmocka_unit_test(test_rcpt_set),
+	    cmocka_unit_test(test_bounds),
+	    cmocka_unit_test(test_cold_start),
+	    cmocka_unit_test(test_month_then_burst),
+	    cmocka_unit_test(test_sender_and_net),
 	    cmocka_unit_test(test_wire_bad),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
