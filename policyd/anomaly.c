@@ -15,15 +15,25 @@
  * DNS: ASN/country and client DNSBLs come from dns.c's cache and never
  * delay the answer; a look-up started by one request serves the next.
  *
+ * Score (anomaly_score): points per component, "what is sent" (volume,
+ * new recipients, sender, bounces) and "where the login comes from" (new
+ * network, exploit-listed client); a flag needs two independent kinds of
+ * evidence, one of them about what is sent.  An accumulator (CUSUM, at
+ * most ANOMALY_PERSIST_RATE points an hour) turns a sustained anomaly
+ * into points.  The flag rule and the weights were tuned on
+ * tests/bench/gen_traffic.py; tests/bench/RESULTS.md has the figures.
+ *
  * Learning: nothing of a request with two independent kinds of evidence
  * (what a flag needs), a tenth of one scored 25 or more, nothing while the
- * account is frozen after a flag: a hijack does not become the baseline,
+ * account is frozen after a flag: a hijack does not become the baseline;
  * one kind of evidence alone (a campaign, a trip, a move) is learned
- * slowly.  A young profile learns regardless (cold start).  A refused request is not learned (it
- * was not sent).
+ * slowly.  A young profile learns regardless (cold start).  A refused
+ * request is not learned (it was not sent).
  *
  * Limits: ANOMALY_MAX_COMP components; texts are cut to fit the verdict
- * reason (160 bytes) and the flag evidence (FLAG_EVIDENCE_MAX).
+ * reason (160 bytes) and the flag evidence (FLAG_EVIDENCE_MAX).  Metrics:
+ * the "anomaly" module publishes policyd_anomaly_total and
+ * policyd_dns_total.
  */
 #include "anomaly.h"
 
@@ -714,16 +724,10 @@ static void anomaly_flag_done(void *arg, int rc, const char *id_or_error)
 		log_err("event=anomaly_flag_failed error=\"%s\"", id_or_error);
 }
 
-/* A build without flag.c (unit tests) only logs the flag. */
-#pragma weak flag_raise
-
+/* The daemon's way: flag.c (persisted, hooked, exactly once). */
 static void anomaly_flag_default(const struct flag_request *r)
 {
-	if (flag_raise)
-		flag_raise(r, anomaly_flag_done, NULL);
-	else
-		log_warn("event=anomaly_flag account=%s reason=\"%s\" (no flag module)", r->account,
-		         r->reason);
+	flag_raise(r, anomaly_flag_done, NULL);
 }
 
 static anomaly_flag_fn *anomaly_flag = anomaly_flag_default;
@@ -947,7 +951,10 @@ void anomaly_finish(struct pipeline_ctx *x)
 			anomaly_components_text(r, "; ", comps, sizeof(comps));
 			anomaly_fmt(vp->reason, sizeof(vp->reason), "score %u: %s", r->score,
 			            comps);
-			if (c->reply[0])
+			if (a == ACT_WARN) /* Postfix logs it: say why */
+				anomaly_fmt(vp->text, sizeof(vp->text),
+				            "policyd anomaly score %u: %s", r->score, comps);
+			else if (c->reply[0])
 				snprintf(vp->text, sizeof(vp->text), "%s", c->reply);
 			else if (a == ACT_DEFER)
 				snprintf(

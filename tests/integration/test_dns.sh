@@ -10,7 +10,8 @@
 # with [anomaly] and [dns] answers every request within the budget (20 ms)
 # whether DNS works, is dead or drops packets, and logs the exploit-list
 # component once the look-up is in; `policyctl doctor` reports our IP
-# listed, SPF and DMARC state, and a miswired Postfix (postconf -c DIR).
+# listed, SPF and DMARC state, and a miswired Postfix (postconf -c DIR); the
+# scheduled self-check logs the listing and runs alert_command.
 #
 # Needs: dnsmasq (package dnsmasq-base), python3, postconf (for doctor;
 # skipped without), TEST_DNS, POLICYD and POLICYCTL (meson sets them).
@@ -139,8 +140,12 @@ domains = example.test
 ip_lists = xbl.test, refused.test
 domain_lists = dbl.test
 dkim_selectors = s1
-interval = never
+interval = 1h
+alert_command = $WORK/alert.sh
 EOF
+printf '#!/bin/sh\necho "$@" >> %s/alerts\n' "$WORK" >"$WORK/alert.sh"
+chmod +x "$WORK/alert.sh"
+STARTED=$(date +%s)
 "$POLICYD" -c "$WORK/policyd.conf" 2>"$WORK/policyd.log" &
 POLICYD_PID=$!
 PIDS+=("$POLICYD_PID")
@@ -216,6 +221,15 @@ EOF
 else
 	tap ok "# SKIP doctor: no postconf"
 fi
+
+# ---- the scheduled self-check (first run 5 s after the start): alert and log
+while (($(date +%s) < STARTED + 8)); do sleep 0.5; done
+grep -q 'event=selfcheck_listed item=203.0.113.9 list=xbl.test code=127.0.0.4' "$WORK/policyd.log" &&
+	tap ok "scheduled self-check: the listing is logged, naming the list" ||
+	tap notok "scheduled self-check: no event=selfcheck_listed in the log"
+grep -q '^listed 203.0.113.9 xbl.test 127.0.0.4$' "$WORK/alerts" 2>/dev/null &&
+	tap ok "scheduled self-check: alert_command ran (listed ITEM LIST CODE)" ||
+	tap notok "scheduled self-check: alert_command did not run"
 
 # ---- the server dies: stopped by its PID
 kill "$DNSMASQ_PID"
