@@ -13,5 +13,6 @@
 #include "ndr.h"
 
 const struct config_section *const config_sections[] = {
-    &anomaly_section, &dns_section, &selfcheck_section, &flag_config_section, &ndr_config_section, NULL,
+    &anomaly_section,     &dns_section,        &selfcheck_section,
+    &flag_config_section, &ndr_config_section, NULL,
 };

@@ -16,5 +16,7 @@
 #include "ndr.h"
 
 const struct module *const modules[] = {
-    &metrics_module, &dns_module, &anomaly_module, &selfcheck_module, &held_module, &flag_module, &control_module, &ndr_module, NULL,
+    &metrics_module,   &dns_module,  &anomaly_module,
+    &selfcheck_module, &held_module, &flag_module,
+    &control_module,   &ndr_module,  NULL,
 };
