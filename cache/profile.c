@@ -341,6 +341,7 @@ void profile_observe(const struct profile *p, const struct profile_obs *o,
 		if (o->prefix && e->prefix == o->prefix) {
 			f->net_slot = (int)i;
 			f->net_count = e->count;
+			f->net_age_s = now > e->first_s ? (double)(now - e->first_s) : 0;
 			f->net_established = profile_net_settled(e, now, pr);
 		}
 	}
@@ -354,6 +355,18 @@ void profile_observe(const struct profile *p, const struct profile_obs *o,
 			cc[0] = e->cc[0];
 			cc[1] = e->cc[1];
 		}
+	}
+	/* the account's settled networks elsewhere: two places at once is
+	 * two users (the owner at home, somebody else abroad) */
+	for (unsigned i = 0; o->prefix && i < PROFILE_NETS; i++) {
+		const struct profile_net *e = &p->net[i];
+		if (!e->prefix || e->prefix == o->prefix || (asn && e->asn == asn) ||
+		    !profile_net_settled(e, now, pr))
+			continue;
+		double idle = now > e->last_s ? (double)(now - e->last_s) : 0;
+		if (!f->other_net || idle < f->other_idle_s)
+			f->other_idle_s = idle;
+		f->other_net = true;
 	}
 	if (asn)
 		f->asn_known = profile_net_group_settled(p, now, pr, asn, cc);
@@ -467,7 +480,10 @@ static void profile_net_update(struct profile *p, const struct profile_obs *o,
 		}
 	}
 	e->last_s = now;
-	if (count && f->new_message && e->count < UINT16_MAX)
+	/* an unsettled network counts every message (its volume is a feature
+	 * of the score; it settles with time anyway), a settled one only
+	 * those learned */
+	if ((count || !f->net_established) && f->new_message && e->count < UINT16_MAX)
 		e->count++;
 }
 

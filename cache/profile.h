@@ -12,7 +12,8 @@
  *   - recipient novelty: a CLOCK-managed set of 15-bit fingerprints of past
  *     recipients, and short- and long-horizon decayed counts of new
  *     recipients;
- *   - login networks: client /24 (IPv4) or /64 (IPv6), ASN, country;
+ *   - login networks: client /24 (IPv4) or /64 (IPv6), ASN, country,
+ *     messages (every message while unsettled), first and last use;
  *   - the usual hours (24-bin UTC histogram);
  *   - sender addresses used with this login;
  *   - outcomes (sent / bounced, decayed) for a bounce ratio where NDR
@@ -150,6 +151,9 @@ struct profile_features {
 	bool net_any_settled;     /* the account has at least one settled network */
 	bool asn_known, cc_known; /* seen on a settled network of the account */
 	unsigned net_count;       /* messages from this prefix so far */
+	double net_age_s;         /* since its first message (0: new) */
+	bool other_net;           /* another settled network (another ASN) is on record */
+	double other_idle_s;      /* ... and was last used this long ago */
 	/* sender */
 	int snd_slot; /* -1 new */
 	bool snd_established;

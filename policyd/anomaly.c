@@ -18,9 +18,13 @@
  * Score (anomaly_score): points per component, "what is sent" (volume,
  * new recipients, sender, bounces) and "where the login comes from" (new
  * network, exploit-listed client); a flag needs two independent kinds of
- * evidence, one of them about what is sent.  An accumulator (CUSUM, at
- * most ANOMALY_PERSIST_RATE points an hour) turns a sustained anomaly
- * into points.  The flag rule and the weights were tuned on
+ * evidence, one of them about what is sent (or the settled network in use
+ * while a new country logs in: two users at once).  The volume sent from
+ * a new network against the account's day catches a slow drip to known
+ * recipients.  An accumulator (CUSUM, at most ANOMALY_PERSIST_RATE points
+ * an hour) turns a sustained anomaly into points; one behaviour from one
+ * unusual place (an invitation from abroad) flags only once the
+ * accumulator shows it lasts.  The flag rule and the weights were tuned on
  * tests/bench/gen_traffic.py; tests/bench/RESULTS.md has the figures.
  *
  * Learning: nothing of a request with two independent kinds of evidence
@@ -54,8 +58,13 @@
 #define ANOMALY_PURPOSE_GET  1
 #define ANOMALY_MIN_POINTS   10 /* a component is evidence from here */
 #define ANOMALY_PERSIST_TAU  (6 * 3600.0)
-#define ANOMALY_PERSIST_K    30    /* allowance of the accumulator (CUSUM) */
-#define ANOMALY_PERSIST_RATE 150.0 /* most the accumulator gains an hour */
+#define ANOMALY_PERSIST_K    30           /* allowance of the accumulator (CUSUM) */
+#define ANOMALY_PERSIST_RATE 150.0        /* most the accumulator gains an hour */
+#define ANOMALY_NETVOL_MIN   10           /* messages from a new network before its volume counts */
+#define ANOMALY_NETVOL_SPAN  (6 * 3600.0) /* ... extrapolated to a day from this long */
+#define ANOMALY_CONCUR_S     (3 * 3600.0) /* a settled network used this recently: concurrent */
+#define ANOMALY_CONCUR_PTS   15
+#define ANOMALY_WEAK_PERSIST 60 /* one behaviour + one place flags only when sustained */
 
 struct anomaly_stats anomaly_stats;
 
@@ -448,6 +457,10 @@ static void anomaly_text(struct anomaly_component *k)
 	case ANOMALY_K_MSG_DAY:
 		anomaly_fmt(o, n, "messages/24h %.0f vs usual %.1f (%.1fσ)", k->a, k->b, k->c);
 		break;
+	case ANOMALY_K_NETVOL:
+		anomaly_fmt(o, n, "%.0f messages from a new network in %.0fh vs usual %.1f/day",
+		            k->a, k->c, k->b);
+		break;
 	case ANOMALY_K_NOVELTY:
 		anomaly_fmt(o, n, "%.0f%% new recipients (last %.0f) vs usual %.0f%%", 100 * k->a,
 		            k->b, 100 * k->c);
@@ -479,6 +492,9 @@ static void anomaly_text(struct anomaly_component *k)
 	case ANOMALY_K_BOUNCE:
 		anomaly_fmt(o, n, "bounces %.0f%% of %.0f (at least %.0f%%)", 100 * k->a, k->b,
 		            100 * k->c);
+		break;
+	case ANOMALY_K_CONCURRENT:
+		anomaly_fmt(o, n, "the usual network was used %.0f min ago", k->a);
 		break;
 	case ANOMALY_K_HOURS:
 		anomaly_fmt(o, n, "off-hours (%02uh UTC, usual %.1f%%)", k->u, 100 * k->a);
@@ -568,12 +584,14 @@ void anomaly_score(const struct anomaly_conf *c, const struct anomaly_input *in,
 		fam[ANOMALY_NOVELTY] = nv;
 
 	/* network: only once the account has a settled one */
+	bool new_country = false;
 	if (f->net_any_settled && !f->net_established && in->network[0]) {
 		enum anomaly_kind kind;
 		unsigned p;
 		if (in->asn && !f->asn_known && !f->cc_known && in->cc[0]) {
 			kind = ANOMALY_K_COUNTRY;
 			p = 25;
+			new_country = true;
 		} else if (in->asn && !f->asn_known) {
 			kind = ANOMALY_K_ASN;
 			p = 15;
@@ -587,6 +605,37 @@ void anomaly_score(const struct anomaly_conf *c, const struct anomaly_input *in,
 			memcpy(k->cc, in->cc, sizeof(k->cc));
 			fam[ANOMALY_NETWORK] = p;
 		}
+	}
+
+	/* sustained volume from a new network: a hijacker's drip from abroad
+	 * sends many times the account's day from one new network, a
+	 * traveller what they usually send (extrapolated to a day from
+	 * ANOMALY_NETVOL_SPAN at least; 10 points a doubling over twice) */
+	if (fam[ANOMALY_NETWORK] >= ANOMALY_MIN_POINTS && f->net_slot >= 0) {
+		double usual = expm1(f->md_mu) > 1 ? expm1(f->md_mu) : 1;
+		double msgs = (double)f->net_count + (f->new_message ? 1 : 0);
+		double days = f->net_age_s > ANOMALY_NETVOL_SPAN ? f->net_age_s / 86400
+		                                                 : ANOMALY_NETVOL_SPAN / 86400;
+		unsigned p = msgs >= ANOMALY_NETVOL_MIN
+		                 ? anomaly_pts((log2(msgs / (days * usual)) - 1) * 10 * mat, 35)
+		                 : 0;
+		if (p && anomaly_add(r, ANOMALY_VOLUME, ANOMALY_K_NETVOL, p, msgs, usual,
+		                     f->net_age_s / 3600)) {
+			vsum += p;
+			vmax = p > vmax ? p : vmax;
+			fam[ANOMALY_VOLUME] = vmax + (vsum - vmax) / 2;
+			if (fam[ANOMALY_VOLUME] > 40)
+				fam[ANOMALY_VOLUME] = 40;
+		}
+	}
+
+	/* two places at once: a new country while a settled network of the
+	 * account is in use (the owner at home, a hijacker abroad; a
+	 * traveller's home network is idle; a new ASN at home is a phone) */
+	if (new_country && f->other_net && f->other_idle_s < ANOMALY_CONCUR_S) {
+		if (anomaly_add(r, ANOMALY_CONCURRENT, ANOMALY_K_CONCURRENT, ANOMALY_CONCUR_PTS,
+		                f->other_idle_s / 60, 0, 0))
+			fam[ANOMALY_CONCURRENT] = ANOMALY_CONCUR_PTS;
 	}
 
 	/* client on an exploit / botnet list: little weight on the account's
@@ -637,7 +686,8 @@ void anomaly_score(const struct anomaly_conf *c, const struct anomaly_input *in,
 	unsigned what = (fam[ANOMALY_VOLUME] >= ANOMALY_MIN_POINTS ||
 	                 fam[ANOMALY_NOVELTY] >= ANOMALY_MIN_POINTS) +
 	                extreme + (fam[ANOMALY_SENDER] >= ANOMALY_MIN_POINTS) +
-	                (fam[ANOMALY_BOUNCE] >= ANOMALY_MIN_POINTS);
+	                (fam[ANOMALY_BOUNCE] >= ANOMALY_MIN_POINTS) +
+	                (fam[ANOMALY_CONCURRENT] >= ANOMALY_MIN_POINTS);
 	unsigned where = (fam[ANOMALY_NETWORK] >= ANOMALY_MIN_POINTS) +
 	                 (fam[ANOMALY_DNSBL] >= ANOMALY_MIN_POINTS);
 	/* where the login comes from is no evidence without something
@@ -674,7 +724,12 @@ void anomaly_score(const struct anomaly_conf *c, const struct anomaly_input *in,
 		r->action = ACT_HOLD;
 	if (r->score >= c->defer)
 		r->action = ACT_DEFER;
-	r->flag = r->score >= c->flag && r->families >= c->flag_min_components;
+	/* one kind of behaviour from one unusual place is what a trip's or a
+	 * VPN's one-off invitation looks like: it flags once it has lasted
+	 * (the accumulator), or with a third kind of evidence */
+	bool weak =
+	    r->families == 2 && what == 1 && where == 1 && r->persist < ANOMALY_WEAK_PERSIST;
+	r->flag = !weak && r->score >= c->flag && r->families >= c->flag_min_components;
 	if (anomaly_always_texts || r->action >= ACT_WARN || r->flag)
 		anomaly_texts(r);
 }

@@ -18,7 +18,7 @@
 #include "pipeline.h"
 
 #define ANOMALY_MAX_DNSBL 8
-#define ANOMALY_MAX_COMP  12
+#define ANOMALY_MAX_COMP  16 /* every kind at once: 14 */
 #define ANOMALY_ZONE_MAX  128
 
 /* A client DNSBL: zone and the answers that count as listed. */
@@ -57,7 +57,8 @@ enum anomaly_family {
 	ANOMALY_DNSBL,
 	ANOMALY_SENDER,
 	ANOMALY_BOUNCE,
-	ANOMALY_CONTEXT, /* off-hours, persistence: never evidence alone */
+	ANOMALY_CONCURRENT, /* a new network while a settled one is in use */
+	ANOMALY_CONTEXT,    /* off-hours, persistence: never evidence alone */
 	ANOMALY__FAMILIES
 };
 
@@ -68,15 +69,17 @@ enum anomaly_kind {
 	ANOMALY_K_RCPT_MSG,
 	ANOMALY_K_DISTINCT,
 	ANOMALY_K_MSG_DAY,
+	ANOMALY_K_NETVOL,  /* a: messages from the new network, b: usual/day, c: hours */
 	ANOMALY_K_NOVELTY, /* a: share, b: of how many, c: usual share */
 	ANOMALY_K_COUNTRY, /* u: ASN, s: network, cc */
 	ANOMALY_K_ASN,
-	ANOMALY_K_PREFIX,  /* u: ASN (0: unknown), s: network */
-	ANOMALY_K_DNSBL,   /* s: client, s2: zone, u: code, a: on the usual provider */
-	ANOMALY_K_SENDER,  /* s: sender, s2: login, a: first use */
-	ANOMALY_K_BOUNCE,  /* a: share, b: sent, c: lower bound */
-	ANOMALY_K_HOURS,   /* u: hour, a: usual share */
-	ANOMALY_K_PERSIST, /* a: accumulated points */
+	ANOMALY_K_PREFIX,     /* u: ASN (0: unknown), s: network */
+	ANOMALY_K_DNSBL,      /* s: client, s2: zone, u: code, a: on the usual provider */
+	ANOMALY_K_SENDER,     /* s: sender, s2: login, a: first use */
+	ANOMALY_K_BOUNCE,     /* a: share, b: sent, c: lower bound */
+	ANOMALY_K_CONCURRENT, /* a: minutes since the settled network was used */
+	ANOMALY_K_HOURS,      /* u: hour, a: usual share */
+	ANOMALY_K_PERSIST,    /* a: accumulated points */
 };
 
 struct anomaly_component {

@@ -288,6 +288,59 @@ static void test_sender_and_net(void **state)
 	assert_true(f.bounce_lb > 0.09 && f.bounce_lb < 0.13);
 }
 
+/* A new network abroad while the settled one is in use: its age, its
+ * messages (counted even when nothing is learned) and the other one's
+ * idle time are features. */
+static void test_new_network_volume(void **state)
+{
+	(void)state;
+	static struct profile p;
+	struct profile_prior pr;
+	struct profile_features f;
+	struct profile_obs o;
+	profile_prior_default(&pr);
+	profile_init(&p, T0);
+	for (unsigned i = 0; i < 40; i++)
+		send1(&p, &pr, T0 + i * 7200, "x@example.org", i + 1, "me@example.net", 1000, 64501,
+		      "DE", &f);
+	uint32_t t = T0 + 40 * 7200;
+	assert_true(f.other_net == false); /* the one network is this one */
+	/* ten messages from elsewhere, none learned (learn_ctx 0) */
+	for (unsigned i = 0; i < 10; i++) {
+		memset(&o, 0, sizeof(o));
+		o.now_s = t + i * 600;
+		o.rcpt = hs("y@example.org");
+		o.inst = 100 + i;
+		o.sender_is_login = true;
+		o.prefix = 7777;
+		o.asn = 64999;
+		o.cc[0] = 'N';
+		o.cc[1] = 'G';
+		profile_observe(&p, &o, &pr, &f);
+		if (i == 0)
+			assert_int_equal(f.net_slot, -1);
+		profile_update(&p, &o, &f, 0, 0);
+	}
+	assert_true(f.other_net);
+	assert_true(f.other_idle_s >= 7200 - 1 && f.other_idle_s <= 7200 + 6000);
+	assert_true(f.net_slot >= 0);
+	assert_false(f.net_established);
+	assert_int_equal(f.net_count, 9); /* before this one */
+	assert_true(fabs(f.net_age_s - 5400) < 1);
+	/* the settled network used a minute ago */
+	send1(&p, &pr, t + 5460, "x@example.org", 200, "me@example.net", 1000, 64501, "DE", &f);
+	memset(&o, 0, sizeof(o));
+	o.now_s = t + 5520;
+	o.rcpt = hs("y@example.org");
+	o.inst = 201;
+	o.prefix = 7777;
+	o.asn = 64999;
+	profile_observe(&p, &o, &pr, &f);
+	assert_true(f.other_net);
+	assert_true(f.other_idle_s <= 60);
+	assert_int_equal(f.net_count, 10);
+}
+
 static void test_wire_bad(void **state)
 {
 	(void)state;
@@ -335,6 +388,7 @@ int main(void)
 	    cmocka_unit_test(test_cold_start),
 	    cmocka_unit_test(test_month_then_burst),
 	    cmocka_unit_test(test_sender_and_net),
+	    cmocka_unit_test(test_new_network_volume),
 	    cmocka_unit_test(test_wire_bad),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
