@@ -6,7 +6,7 @@ set -eu
 build="build-essential meson ninja-build pkg-config libev-dev libc-ares-dev libhiredis-dev
 libinih-dev libjansson-dev libmicrohttpd-dev"
 test="libcmocka-dev postfix swaks redis-server redis-tools dnsmasq-base clang libclang-rt-14-dev
-iproute2 util-linux procps python3 perl curl passwd chromium sqlite3"
+iproute2 util-linux procps python3 perl curl passwd chromium sqlite3 valgrind"
 want="$build"
 [ "${1:-}" = "--test" ] && want="$build $test"
 missing=""
