@@ -209,6 +209,50 @@ static size_t key_fmt_ipv4(char *out, const uint8_t a[4])
 	return n;
 }
 
+/* RFC 5952 text of an IPv6 address (what inet_ntop writes, without its
+ * sprintf): lower-case hex, no leading zeros, the longest run of two or
+ * more zero groups (the first of equal runs) as "::".  out >= 40 bytes. */
+size_t key_fmt_ipv6(char *out, const uint8_t a[16])
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned g[8];
+	int best = -1, bestlen = 0;
+	for (int i = 0; i < 8; i++)
+		g[i] = (unsigned)a[2 * i] << 8 | a[2 * i + 1];
+	for (int i = 0; i < 8;) {
+		int j = i;
+		while (j < 8 && g[j] == 0)
+			j++;
+		if (j - i > bestlen && j - i >= 2) {
+			best = i;
+			bestlen = j - i;
+		}
+		i = j > i ? j : i + 1;
+	}
+	size_t n = 0;
+	for (int i = 0; i < 8; i++) {
+		if (i == best) {
+			out[n++] = ':';
+			if (i == 0)
+				out[n++] = ':';
+			i += bestlen - 1;
+			continue;
+		}
+		int started = 0;
+		for (int sh = 12; sh >= 0; sh -= 4) {
+			unsigned d = (g[i] >> sh) & 15;
+			if (d || started || sh == 0) {
+				out[n++] = hex[d];
+				started = 1;
+			}
+		}
+		if (i < 7)
+			out[n++] = ':';
+	}
+	out[n] = '\0';
+	return n;
+}
+
 size_t key_norm_ip(char *out, size_t outsz, const char *addr)
 {
 	uint8_t a[16];
@@ -217,9 +261,7 @@ size_t key_norm_ip(char *out, size_t outsz, const char *addr)
 		return 0;
 	if (fam == AF_INET)
 		return key_fmt_ipv4(out, a);
-	if (inet_ntop(fam, a, out, (socklen_t)outsz) == NULL)
-		return 0;
-	return strlen(out);
+	return key_fmt_ipv6(out, a);
 }
 
 size_t key_norm_net(char *out, size_t outsz, const char *addr, unsigned prefix4, unsigned prefix6)
@@ -243,9 +285,18 @@ size_t key_norm_net(char *out, size_t outsz, const char *addr, unsigned prefix4,
 		out[n] = '\0';
 		return n;
 	}
-	if (inet_ntop(fam, a, txt, sizeof(txt)) == NULL)
+	size_t tl = key_fmt_ipv6(txt, a);
+	if (outsz < tl + 5)
 		return 0;
-	int n = snprintf(out, outsz, "%s/%u", txt, p);
+	memcpy(out, txt, tl);
+	int n = (int)tl;
+	out[n++] = '/';
+	if (p >= 100)
+		out[n++] = (char)('0' + p / 100);
+	if (p >= 10)
+		out[n++] = (char)('0' + p / 10 % 10);
+	out[n++] = (char)('0' + p % 10);
+	out[n] = '\0';
 	return n > 0 && (size_t)n < outsz ? (size_t)n : 0;
 }
 

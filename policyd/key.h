@@ -56,6 +56,8 @@ size_t key_norm_domain(char *out, size_t outsz, const char *addr);
 size_t key_norm_ip(char *out, size_t outsz, const char *addr);
 /* The network of addr: "198.51.100.0/24", "2001:db8::/64"; 0 if not an address. */
 size_t key_norm_net(char *out, size_t outsz, const char *addr, unsigned prefix4, unsigned prefix6);
+/* RFC 5952 text of a 16-byte IPv6 address into out (>= 40 bytes). */
+size_t key_fmt_ipv6(char *out, const uint8_t a[16]);
 /* A login name: trimmed, lower-cased when fold is set. */
 size_t key_norm_login(char *out, size_t outsz, const char *login, bool fold);
 

@@ -466,9 +466,40 @@ static void test_login(void **state)
 	assert_string_equal(out, "");
 }
 
+/* key_fmt_ipv6 writes what inet_ntop writes (RFC 5952), for addresses with
+ * runs of zero groups of every length and place (IPv4-compatible ::/96 and
+ * mapped ::ffff:0:0/96, which inet_ntop writes dotted, are left out). */
+static void test_fmt_ipv6_like_inet_ntop(void **state)
+{
+	(void)state;
+	unsigned seed = 12345;
+	for (int iter = 0; iter < 200000; iter++) {
+		uint8_t a[16];
+		for (int i = 0; i < 8; i++) {
+			seed = seed * 1103515245u + 12345u;
+			unsigned r = seed >> 16;
+			unsigned v = (r & 3) == 0 ? 0
+			             : (r & 4)    ? (r >> 3) & 0xff
+			                          : (r >> 3) & 0xffff;
+			a[2 * i] = (uint8_t)(v >> 8);
+			a[2 * i + 1] = (uint8_t)v;
+		}
+		static const uint8_t zero10[10] = {0};
+		if (memcmp(a, zero10, 10) == 0 &&
+		    ((a[10] == 0 && a[11] == 0) || (a[10] == 0xff && a[11] == 0xff)))
+			continue;
+		char want[64], got[64];
+		assert_non_null(inet_ntop(AF_INET6, a, want, sizeof(want)));
+		size_t n = key_fmt_ipv6(got, a);
+		assert_string_equal(got, want);
+		assert_int_equal(n, strlen(want));
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_fmt_ipv6_like_inet_ntop),
 	    cmocka_unit_test(test_type_names),
 	    cmocka_unit_test(test_address_fold),
 	    cmocka_unit_test(test_address_extension),
