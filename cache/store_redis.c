@@ -15,31 +15,36 @@
  * the queue that goes to the same slot (all of them without a cluster)
  * rides in one script as a sub-batch, up to RD_CALL_MAX_GROUPS groups and
  * RD_CALL_MAX_KEYS keys, with at most RD_MAX_INFLIGHT scripts unanswered
- * per connection: while Redis works, the next requests gather, so that
- * under load one round trip and one script serve many requests, and an
- * idle server answers a lone request at once.  The script reads each
- * distinct rate key once (GET), runs the sub-batches in order, each with
- * store.h's batch semantics and its own refusal, on the increments that C
- * computed exactly (cost * period / limit as quotient + remainder, so Lua
- * only adds and compares integers below 2^53), writes each changed key
- * once (SET, DEL when all empty), and returns the sub-batches' refusal
- * flags, the keys as it read them and as it left them, and the blob ops'
- * raw values.  C then replays the sub-batches in the same order on those
- * windows with gcra.c (rd_apply() is store_memory.c's sm_apply()): the
- * results are the embedded store's by construction, each sub-batch's
- * refusal must equal the script's, and the state C derives must equal the
- * one the script wrote.  Several groups of one batch (cluster): see the
+ * per connection (RD_MAX_INFLIGHT_CL in a cluster, where groups of other
+ * slots cannot merge).  While Redis works, the next requests gather: under
+ * load one round trip and one script serve many requests, and an idle
+ * server answers a lone request at once.  The script reads every distinct
+ * key once (one MGET), runs the sub-batches in order, each with store.h's
+ * batch semantics and its own refusal, on the increments that C computed
+ * exactly (cost * period / limit as quotient + remainder, so Lua only adds
+ * and compares integers below 2^53), writes each changed key once
+ * (SETRANGE, SET when new, DEL when all empty), and returns the
+ * sub-batches' refusal flags, the keys as it read them and as it left
+ * them, and the blob ops' raw values.  C then replays the sub-batches in
+ * the same order on those windows with gcra.c (rd_apply() is
+ * store_memory.c's sm_apply()): the results are the embedded store's by
+ * construction, each sub-batch's refusal must equal the script's, and the
+ * state C derives must equal the one the script wrote (else
+ * rs.mismatches, logged).  Several groups of one batch (cluster): see the
  * header on compensation.  A batch has one ev_timer (the command
  * timeout); its callback comes exactly once: b->answered guards it, and
  * the batch is freed when answered and no reply is outstanding (b->refs).
  *
  * The script's arguments and the stored windows are binary (Lua's struct
- * library): ARGV[1] is the program (rd_prog_* below), a rate key holds 9
+ * library): ARGV[1] is the program (rd_call_format(); the layout is in
+ * the comment of RD_SCRIPT), a rate key holds 9
  * little-endian doubles (us, rem of 4 windows, then the expiry deadline
  * its TTL covers), a blob holds a double (absolute expiry, 0: never) and
- * the value.  A key's TTL is set (PX) only when its windows outgrow that
- * deadline, with RD_EXPIRE_SLACK to spare, else SET ... KEEPTTL keeps it:
- * number formatting is the costly part of a Lua script.
+ * the value.  A key's TTL is set (SET ... PX) only when its windows
+ * outgrow that deadline, with RD_EXPIRE_SLACK_US to spare, else SETRANGE
+ * overwrites the value and keeps the TTL: in a Lua script, formatting a
+ * number and each redis.call() are what costs (measured: tests/bench/
+ * RESULTS.md).
  *
  * Servers (struct rd_node): DOWN (reconnect timer, backoff 100 ms .. 5 s),
  * CONNECTING (connect timer; AUTH, SELECT and SCRIPT LOAD pipelined, and
@@ -58,8 +63,7 @@
  *
  * Limits: see store_redis.h (numbers below 2^53, clocks within the key
  * expiry margin, getaddrinfo() blocks for host names, retried scripts
- * after a broken connection may count twice, Redis >= 6.0 for KEEPTTL).
- * No TLS.
+ * after a broken connection may count twice).  No TLS.
  */
 #include <inttypes.h>
 #include <math.h>
@@ -95,10 +99,11 @@
 #define RD_W                ((size_t)STORE_MAX_WINDOWS)
 #define RD_WHY              256
 #define RD_MAX_INFLIGHT     2u   /* scripts unanswered per connection before groups wait */
+#define RD_MAX_INFLIGHT_CL  32u  /* the same, cluster: only groups of one slot merge */
 #define RD_CALL_MAX_GROUPS  128u /* sub-batches in one script */
 #define RD_CALL_MAX_KEYS    1024u
-#define RD_STATE_LEN        72  /* a rate key: 4 x (us, rem) + expiry deadline, doubles */
-#define RD_BLOB_HEAD        8   /* a blob: its expiry (double), then the value */
+#define RD_STATE_LEN        72   /* a rate key: 4 x (us, rem) + expiry deadline, doubles */
+#define RD_BLOB_HEAD        8    /* a blob: its expiry (double), then the value */
 #define RD_LIST_COUNT       500u /* SCAN ... COUNT */
 
 #define RD_STR_(x) #x
@@ -124,17 +129,22 @@
  * non-decreasing `now`, so what one leaves empty stays empty for the
  * next.  A refused sub-batch is undone from the log L (key, index, us,
  * rem) and its REFUNDs and CLEARs applied again.  Blob ops apply in pass
- * 1, in order, refused sub-batch or not.  Returns {refusal flags ('0'/'1'
- * per sub-batch), the rate keys as read, as left (RD_STATE_LEN bytes each,
- * zeros when absent), then per blob op its raw value before the op (''
- * when absent; PUT and DEL: its expiry only)}.
+ * 1, in order, refused sub-batch or not; one MGET reads every key first.
+ * Returns {refusal flags ('0'/'1' per sub-batch), each rate key as read,
+ * each as left ('' when absent: all empty), then per blob op its raw
+ * value before the op ('' when absent; PUT and DEL: its expiry only)}: the
+ * values are returned one by one, as Redis's Lua hashes every byte of a
+ * string it makes (a concatenation would cost that again).
  */
+/* one line of Lua per line of C */
+/* clang-format off */
 static const char RD_SCRIPT[] =
     "local P, up, fmod = ARGV[1], struct.unpack, math.fmod\n"
     "local U, R, X, I, D, F, B, T, L = {}, {}, {}, {}, {}, {}, {}, {}, {}\n"
     "local nr, ng, pos = up('<HH', P)\n"
+    "local V = redis.call('MGET', unpack(KEYS))\n"
     "for k = 1, nr do\n"
-    "  local v, b = redis.call('GET', KEYS[k]), k * 4\n"
+    "  local v, b = V[k], k * 4\n"
     "  if v and #v == " RD_STR(RD_STATE_LEN) " then\n"
     "    I[k] = v\n"
     "    U[b - 3], R[b - 3], U[b - 2], R[b - 2], U[b - 1], R[b - 1], U[b], R[b], X[k] =\n"
@@ -163,7 +173,7 @@ static const char RD_SCRIPT[] =
     "      local b = k * 4 - 4\n"
     "      if kind >= 4 then\n"
     "        if ev then\n"
-    "          local cur = redis.call('GET', KEYS[k])\n"
+    "          local cur = V[k]\n"
     "          if not cur then B[#B + 1] = ''\n"
     "          elseif kind == 4 then B[#B + 1] = cur\n"
     "          else B[#B + 1] = string.sub(cur, 1, " RD_STR(RD_BLOB_HEAD) ") end\n"
@@ -172,8 +182,10 @@ static const char RD_SCRIPT[] =
     "            vi, pi, pos = up('<HH', P, pos)\n"
     "            if pi == 0 then redis.call('SET', KEYS[k], ARGV[vi])\n"
     "            else redis.call('SET', KEYS[k], ARGV[vi], 'PX', ARGV[pi]) end\n"
+    "            V[k] = ARGV[vi]\n"
     "          elseif kind == 6 and cur then\n"
     "            redis.call('DEL', KEYS[k])\n"
+    "            V[k] = false\n"
     "          end\n"
     "        elseif kind == 5 then\n"
     "          pos = pos + 4\n"
@@ -250,10 +262,10 @@ static const char RD_SCRIPT[] =
     "    for j = 1, nl, 4 do D[L[j]] = true end\n"
     "  end\n"
     "end\n"
-    "local Z, IN, FI = string.rep('\\0', " RD_STR(RD_STATE_LEN) "), {}, {}\n"
+    "local out = {table.concat(F)}\n"
     "for k = 1, nr do\n"
-    "  local v = I[k] or Z\n"
-    "  IN[k] = v\n"
+    "  local v = I[k] or ''\n"
+    "  out[k + 1] = v\n"
     "  if D[k] then\n"
     "    local b, top = k * 4, 0\n"
     "    for i = b - 3, b do\n"
@@ -263,7 +275,7 @@ static const char RD_SCRIPT[] =
     "    end\n"
     "    if top <= now then\n"
     "      if I[k] then redis.call('DEL', KEYS[k]) end\n"
-    "      v = Z\n"
+    "      v = ''\n"
     "    else\n"
     "      local x, px = X[k], nil\n"
     "      if x < top + " RD_STR(RD_EXPIRE_MARGIN_US) " then\n"
@@ -273,14 +285,14 @@ static const char RD_SCRIPT[] =
     "      v = struct.pack('<ddddddddd', U[b - 3], R[b - 3], U[b - 2], R[b - 2], U[b - 1],\n"
     "        R[b - 1], U[b], R[b], x)\n"
     "      if px then redis.call('SET', KEYS[k], v, 'PX', px)\n"
-    "      else redis.call('SET', KEYS[k], v, 'KEEPTTL') end\n"
+    "      else redis.call('SETRANGE', KEYS[k], '0', v) end\n"
     "    end\n"
     "  end\n"
-    "  FI[k] = v\n"
+    "  out[nr + k + 1] = v\n"
     "end\n"
-    "local out = {table.concat(F), table.concat(IN), table.concat(FI)}\n"
-    "for i = 1, #B do out[i + 3] = B[i] end\n"
+    "for i = 1, #B do out[2 * nr + 1 + i] = B[i] end\n"
     "return out\n";
+/* clang-format on */
 
 enum rd_nstate { RD_DOWN = 0, RD_CONNECTING, RD_READY, RD_RETIRED };
 enum rd_gstate { RD_G_NEW = 0, RD_G_QUEUED, RD_G_SENT, RD_G_PARKED, RD_G_OK, RD_G_FAIL };
@@ -357,9 +369,11 @@ struct rd_batch {
 	struct store_op *ops; /* copies, strings in the same block */
 	struct rd_key *keys;
 	struct rd_group *groups;
-	struct gcra_tat *orig; /* nkeys * RD_W windows as each group's script saw them */
-	uint8_t *opkey;        /* op -> key */
-	struct rd_kv *kv;      /* per op */
+	struct gcra_tat *orig;    /* nkeys * RD_W windows as each group's script saw them */
+	uint8_t *opkey;           /* op -> key */
+	struct rd_kv *kv;         /* per op */
+	struct store_result *res; /* one group: the results its reply gave (have_res) */
+	bool have_res, res_refused;
 	ev_timer deadline;
 	unsigned refs; /* replies outstanding + running code holding it */
 	bool answered; /* the callback was called (or is being called) */
@@ -371,7 +385,7 @@ struct rd_batch {
 struct rd_call {
 	struct rd_node *n;
 	unsigned ng;
-	size_t nrate;    /* distinct rate keys (the first KEYS) */
+	size_t nrate; /* distinct rate keys (the first KEYS) */
 	int64_t last_now;
 	struct rd_group *g[];
 };
@@ -871,11 +885,23 @@ static void rd_buf_raw(struct rd_buf *c, const char *p, size_t len)
 	c->len += len;
 }
 
+/* v in decimal, right-aligned to end (no NUL); returns its first char */
+static char *rd_u64_dec(char *end, uint64_t v)
+{
+	do {
+		*--end = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	return end;
+}
+
 static void rd_buf_head(struct rd_buf *c, char type, size_t n)
 {
-	char h[32];
-	int k = snprintf(h, sizeof(h), "%c%zu\r\n", type, n);
-	rd_buf_raw(c, h, (size_t)k);
+	char h[32], *p = rd_u64_dec(h + sizeof(h) - 2, n);
+	h[sizeof(h) - 2] = '\r';
+	h[sizeof(h) - 1] = '\n';
+	*--p = type;
+	rd_buf_raw(c, p, (size_t)(h + sizeof(h) - p));
 }
 
 static void rd_buf_arg(struct rd_buf *c, const char *p, size_t len)
@@ -892,9 +918,10 @@ static void rd_buf_str(struct rd_buf *c, const char *p)
 
 static void rd_buf_int(struct rd_buf *c, int64_t v)
 {
-	char t[32];
-	int k = snprintf(t, sizeof(t), "%" PRId64, v);
-	rd_buf_arg(c, t, (size_t)k);
+	char t[24], *p = rd_u64_dec(t + sizeof(t), v < 0 ? 0 - (uint64_t)v : (uint64_t)v);
+	if (v < 0)
+		*--p = '-';
+	rd_buf_arg(c, p, (size_t)(t + sizeof(t) - p));
 }
 
 static void rd_buf_reset(struct rd_buf *c)
@@ -1548,7 +1575,8 @@ static struct rd_batch *rd_batch_new(struct rd_store *s, const struct store_op *
 	size_t o_orig = o_groups + rd_align(n * sizeof(struct rd_group));
 	size_t o_opkey = o_orig + rd_align(n * RD_W * sizeof(struct gcra_tat));
 	size_t o_kv = o_opkey + rd_align(n);
-	size_t o_str = o_kv + rd_align(n * sizeof(struct rd_kv));
+	size_t o_res = o_kv + rd_align(n * sizeof(struct rd_kv));
+	size_t o_str = o_res + rd_align(n * sizeof(struct store_result));
 	char *mem = calloc(1, o_str + strsz);
 	if (mem == NULL)
 		return NULL;
@@ -1562,6 +1590,7 @@ static struct rd_batch *rd_batch_new(struct rd_store *s, const struct store_op *
 	b->orig = (struct gcra_tat *)(void *)(mem + o_orig);
 	b->opkey = (uint8_t *)(mem + o_opkey);
 	b->kv = (struct rd_kv *)(void *)(mem + o_kv);
+	b->res = (struct store_result *)(void *)(mem + o_res);
 	char *str = mem + o_str;
 
 	for (size_t i = 0; i < n; i++) {
@@ -1712,8 +1741,8 @@ static bool rd_replay(const struct rd_batch *b, int gi, struct store_result *res
 			if (rd_is_kv(b->ops[i].kind) ||
 			    (gi >= 0 && b->keys[b->opkey[i]].group != gi))
 				continue;
-			(void)rd_apply(&b->ops[i], &cur[(size_t)b->opkey[i] * RD_W], b->now, &res[i],
-			               false);
+			(void)rd_apply(&b->ops[i], &cur[(size_t)b->opkey[i] * RD_W], b->now,
+			               &res[i], false);
 		}
 	}
 	return refused;
@@ -1847,8 +1876,12 @@ static void rd_put_dbl(char out[8], double d)
 static double rd_get_dbl(const char *p)
 {
 	uint64_t bits = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	memcpy(&bits, p, sizeof(bits));
+#else
 	for (int i = 7; i >= 0; i--)
 		bits = (bits << 8) | (unsigned char)p[i];
+#endif
 	double d;
 	memcpy(&d, &bits, sizeof(d));
 	return d;
@@ -1976,6 +2009,16 @@ static int rd_state_decode(const char *p, struct gcra_tat *t)
 	return 0;
 }
 
+/* a rate key's value in a reply: RD_STATE_LEN bytes, or "" (no key: all empty) */
+static int rd_state_get(const redisReply *v, struct gcra_tat *t)
+{
+	if (v->len == 0) {
+		memset(t, 0, RD_W * sizeof(*t));
+		return 0;
+	}
+	return v->len == RD_STATE_LEN ? rd_state_decode(v->str, t) : -1;
+}
+
 /* a blob op's outcome from the raw value the script saw before it */
 static int rd_kv_set(struct rd_batch *b, size_t i, const redisReply *v)
 {
@@ -2021,14 +2064,14 @@ static int rd_call_parse(struct rd_store *s, struct rd_call *c, const redisReply
 	size_t nkv = 0, nr = c->nrate;
 	for (unsigned i = 0; i < c->ng; i++)
 		nkv += c->g[i]->nkv;
-	if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 + nkv)
+	if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 1 + 2 * nr + nkv)
 		return -1;
 	for (size_t i = 0; i < reply->elements; i++)
 		if (reply->element[i]->type != REDIS_REPLY_STRING)
 			return -1;
-	const redisReply *flags = reply->element[0], *in = reply->element[1],
-	                 *left = reply->element[2];
-	if (flags->len != c->ng || in->len != nr * RD_STATE_LEN || left->len != nr * RD_STATE_LEN)
+	const redisReply *flags = reply->element[0];
+	redisReply *const *in = reply->element + 1, *const *left = reply->element + 1 + nr;
+	if (flags->len != c->ng)
 		return -1;
 	if (s->run_cap < nr * RD_W) {
 		struct gcra_tat *t = realloc(s->run, nr * RD_W * sizeof(*t));
@@ -2038,9 +2081,9 @@ static int rd_call_parse(struct rd_store *s, struct rd_call *c, const redisReply
 		s->run_cap = nr * RD_W;
 	}
 	for (size_t k = 0; k < nr; k++)
-		if (rd_state_decode(in->str + k * RD_STATE_LEN, &s->run[k * RD_W]) < 0)
+		if (rd_state_get(in[k], &s->run[k * RD_W]) < 0)
 			return -1;
-	size_t e = 3;
+	size_t e = 1 + 2 * nr;
 	struct store_result res[STORE_MAX_BATCH];
 	struct gcra_tat cur[STORE_MAX_BATCH * RD_W];
 	for (unsigned i = 0; i < c->ng; i++) {
@@ -2060,7 +2103,12 @@ static int rd_call_parse(struct rd_store *s, struct rd_call *c, const redisReply
 				return -1;
 		}
 		g->refused = flags->str[i] == '1';
-		(void)rd_replay(b, (int)gi, res, cur);
+		if (b->ngroups == 1) { /* the batch's results: rd_batch_finish() uses them */
+			b->res_refused = rd_replay(b, 0, b->res, cur);
+			b->have_res = true;
+		} else {
+			(void)rd_replay(b, (int)gi, res, cur);
+		}
 		for (size_t k = 0; k < b->nkeys; k++) {
 			if (b->keys[k].group != gi || b->keys[k].blob)
 				continue;
@@ -2070,12 +2118,13 @@ static int rd_call_parse(struct rd_store *s, struct rd_call *c, const redisReply
 	}
 	for (size_t k = 0; k < nr; k++) {
 		struct gcra_tat t[RD_W];
-		bool same = rd_state_decode(left->str + k * RD_STATE_LEN, t) == 0;
+		bool same = rd_state_get(left[k], t) == 0;
 		for (size_t w = 0; w < RD_W && same; w++)
 			same = rd_same_window(t[w], s->run[k * RD_W + w], c->last_now);
 		if (same)
 			continue;
 		s->rs.errors++;
+		s->rs.mismatches++;
 		s->st.errors++;
 		if (s->disagree_logged < 10) {
 			s->disagree_logged++;
@@ -2174,12 +2223,19 @@ static void rd_batch_finish(struct rd_batch *b)
 		rd_answer_fail(b);
 		return;
 	}
-	struct store_result res[STORE_MAX_BATCH];
+	struct store_result resbuf[STORE_MAX_BATCH], *res = resbuf;
 	struct gcra_tat cur[STORE_MAX_BATCH * RD_W];
-	bool refused = rd_replay(b, -1, res, cur);
+	bool refused;
+	if (b->have_res) {
+		res = b->res;
+		refused = b->res_refused;
+	} else {
+		refused = rd_replay(b, -1, res, cur);
+	}
 	if (refused != grefused) {
 		/* cannot happen unless the script and gcra.c disagree */
 		s->rs.errors++;
+		s->rs.mismatches++;
 		s->st.errors++;
 		snprintf(s->pub.err, sizeof(s->pub.err), "redis: the script and gcra.c disagree");
 		rd_log(s, STORE_REDIS_LOG_ERR, "redis: the script %s a batch that gcra.c %s",
@@ -2367,7 +2423,8 @@ static struct rd_call *rd_call_take(struct rd_node *n)
 /* Send n's queued groups, as few scripts as the in-flight limit allows. */
 static void rd_node_flush(struct rd_node *n)
 {
-	while (n->queue.next != &n->queue && n->outstanding < RD_MAX_INFLIGHT) {
+	unsigned cap = n->s->cluster ? RD_MAX_INFLIGHT_CL : RD_MAX_INFLIGHT;
+	while (n->queue.next != &n->queue && n->outstanding < cap) {
 		if (n->ac == NULL || (n->state != RD_CONNECTING && n->state != RD_READY))
 			return; /* cannot happen: rd_node_down() empties the queue */
 		struct rd_call *c = rd_call_take(n);
@@ -2783,6 +2840,12 @@ static double rd_list_step_to(const struct rd_store *s)
 	return 10 * s->cmd_to > 2.0 ? 10 * s->cmd_to : 2.0;
 }
 
+/* how long a listing waits for a server (or the cluster map) to be ready */
+static double rd_list_wait_to(const struct rd_store *s)
+{
+	return 2 * s->conn_to > 5.0 ? 2 * s->conn_to : 5.0;
+}
+
 /* The masters to scan: the server, or every node serving slots (all slots served). */
 static int rd_list_masters(struct rd_list *L)
 {
@@ -2890,7 +2953,8 @@ static void rd_list_get_cb(redisAsyncContext *ac, void *r, void *priv)
 		rd_list_maybe_free(L);
 		return;
 	}
-	if (reply == NULL || (reply->type != REDIS_REPLY_STRING && reply->type != REDIS_REPLY_NIL) ||
+	if (reply == NULL ||
+	    (reply->type != REDIS_REPLY_STRING && reply->type != REDIS_REPLY_NIL) ||
 	    L->got >= L->nkeys) {
 		rd_list_finish(L, STORE_EUNAVAIL,
 		               reply == NULL ? "connection lost" : "unexpected reply to GET");
@@ -2968,7 +3032,8 @@ static void rd_list_scan_cb(redisAsyncContext *ac, void *r, void *priv)
 		k->slen = slen;
 		k->have = false;
 		L->blen += slen + 1;
-		if (redisAsyncCommand(ac, rd_list_get_cb, L, "GET %b", e->str, e->len) != REDIS_OK) {
+		if (redisAsyncCommand(ac, rd_list_get_cb, L, "GET %b", e->str, e->len) !=
+		    REDIS_OK) {
 			rd_list_finish(L, STORE_EUNAVAIL, "cannot send");
 			return;
 		}
@@ -3037,7 +3102,7 @@ static void rd_list_step(struct rd_list *L)
 	}
 	L->pending++;
 	L->phase = RD_L_BUSY;
-	L->wait_until = now + (s->conn_to > 5.0 ? 2 * s->conn_to : 5.0);
+	L->wait_until = now + rd_list_wait_to(s);
 	rd_list_timer(L, rd_list_step_to(s));
 }
 
@@ -3109,7 +3174,7 @@ static int rd_list_fn(struct store *pub, const char *name, const struct gcra_win
 	L->arg = arg;
 	snprintf(L->cursor, sizeof(L->cursor), "0");
 	L->phase = RD_L_WAIT;
-	L->wait_until = ev_now(s->loop) + (s->conn_to > 2.5 ? 2 * s->conn_to : 5.0);
+	L->wait_until = ev_now(s->loop) + rd_list_wait_to(s);
 	ev_timer_init(&L->timer, rd_list_timer_cb, 0., 0.);
 	L->timer.data = L;
 	L->next = s->lists;
@@ -3338,4 +3403,3 @@ fail:
 	free(s);
 	return NULL;
 }
-

@@ -12,19 +12,27 @@
  * addresses (or names in /etc/hosts).  The password never appears in an
  * error message or a log line.
  *
- * Each batch is ONE Lua script run (EVALSHA) on one pipelined connection
- * per server, shared by all batches in flight; the script applies
- * store.h's batch semantics to the batch's keys atomically, and the
- * results are computed in C (gcra.c) from the windows the script read, so
- * they are those of the embedded store for the same ops.  Keys are
- * "pd:{SUBJECT}:RULE" (the subject is the cluster hash tag, '%', '{' and
- * '}' in a rule are %-encoded), one hash per key with one "us:rem" field
- * per window, expiring 10 s after all its windows are empty: the daemons
- * sharing a Redis must keep their clocks within that (NTP).  Blobs
- * (STORE_GET/PUT/DEL) are strings "pd:{SUBJECT}:@NAMESPACE" holding
- * "EXPIRY:value": the script compares the absolute expiry with `now`, as
- * the embedded store does; Redis's own expiry (TTL + 10 s) only collects
- * them.  list() is not supported (NULL).
+ * Each batch is run by a Lua script (EVALSHA) on one pipelined connection
+ * per server, shared by all batches in flight: the batches waiting at the
+ * same turn of the event loop (or while earlier scripts are unanswered,
+ * at most 2 per connection) ride in ONE script, each as a sub-batch with
+ * its own refusal and result, so that a round trip and a script serve many
+ * requests; a lone request is sent at once.  The script applies store.h's
+ * batch semantics to each sub-batch in order, atomically, and the results
+ * are computed in C (gcra.c) from the windows the script read, so they are
+ * those of the embedded store for the same ops in the same order.  Keys
+ * are "pd:{SUBJECT}:RULE" (the subject is the cluster hash tag, '%', '{'
+ * and '}' in a rule are %-encoded), one string per key holding its 4
+ * windows and the deadline its TTL covers as 9 little-endian doubles,
+ * expiring 10 s to 70 s after all its windows are empty: the daemons
+ * sharing a Redis must keep their clocks within 10 s (NTP).  Blobs
+ * (STORE_GET/PUT/DEL) are strings "pd:{SUBJECT}:@NAMESPACE" holding their
+ * absolute expiry (a double) and the value: the script compares it with
+ * `now`, as the embedded store does; Redis's own expiry (TTL + 10 s) only
+ * collects them.  list() SCANs every master in pages (keys added or
+ * removed meanwhile, or slots moved during the scan, may be missed or seen
+ * twice, as SCAN says) and waits up to max(5 s, 2 x connect timeout) for
+ * a server or the cluster map; its callbacks come from the loop.
  *
  * Limits of the Redis backend (Lua numbers are doubles): now must be in
  * (0, 2^52) microseconds, every window's period_us <= 2^52 (142 years)
@@ -129,6 +137,7 @@ struct store_redis_stats {
 	uint64_t connects;    /* connections made ready (AUTH, SELECT, SCRIPT LOAD done) */
 	uint64_t conn_errors; /* connections that failed or broke */
 	uint64_t errors;      /* error replies and failures, all kinds */
+	uint64_t mismatches;  /* the script and gcra.c disagreed (a bug: logged) */
 	uint64_t episodes;    /* unavailability episodes started */
 	uint64_t lists;       /* list() calls */
 	unsigned nodes;       /* servers known (cluster: masters and replicas) */

@@ -3,7 +3,7 @@
 # load generator, beside the answer-only ceiling in the same run.
 #
 #   tests/bench/run_redis.sh --policyd PATH [--build DIR] [--secs N]
-#                            [--repeat N] [--memory] [--unix]
+#                            [--repeat N] [--memory] [--unix] [--baseline PATH]
 #
 # Starts redis-server (no persistence) on a free loopback port in
 # 127.0.0.1:21000-21999, then per repeat: the ceiling, and policyd with
@@ -16,17 +16,19 @@
 # core), Redis commands per policy request (INFO commandstats before/after
 # divided by the requests loadgen completed; commands run inside scripts
 # are counted apart) and the Redis time per EVALSHA.  --memory adds
-# policyd on the embedded store; --unix talks to Redis over a unix socket.
+# policyd on the embedded store; --unix talks to Redis over a unix socket;
+# --baseline adds another policyd binary on the same Redis (before/after).
 # loadgen and ceiling come from DIR (default: the build dir of policyd).
 # Every process it starts is stopped by PID on exit.
 set -euo pipefail
 
 usage() {
-	sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
 	exit "${1:-0}"
 }
 
 policyd=""
+baseline=""
 build=""
 secs=20
 repeat=1
@@ -38,6 +40,7 @@ while [ $# -gt 0 ]; do
 	--build) [ $# -ge 2 ] || usage 2; build=$2; shift ;;
 	--secs) [ $# -ge 2 ] || usage 2; secs=$2; shift ;;
 	--repeat) [ $# -ge 2 ] || usage 2; repeat=$2; shift ;;
+	--baseline) [ $# -ge 2 ] || usage 2; baseline=$2; shift ;;
 	--memory) memory=1 ;;
 	--unix) unix=1 ;;
 	-h | --help) usage 0 ;;
@@ -48,6 +51,10 @@ done
 [ -n "$policyd" ] || usage 2
 case "$policyd" in /*) ;; *) policyd="$PWD/$policyd" ;; esac
 [ -x "$policyd" ] || { echo "run_redis.sh: $policyd: not an executable" >&2; exit 2; }
+if [ -n "$baseline" ]; then
+	case "$baseline" in /*) ;; *) baseline="$PWD/$baseline" ;; esac
+	[ -x "$baseline" ] || { echo "run_redis.sh: $baseline: not an executable" >&2; exit 2; }
+fi
 [ -n "$build" ] || build=$(dirname "$(dirname "$policyd")")
 case "$build" in /*) ;; *) build="$PWD/$build" ;; esac
 loadgen=$build/tests/bench/loadgen
@@ -155,7 +162,7 @@ cmdstats() {
 		/^cmdstat_/ {
 			name = substr($1, 9); calls = $3; usec = $5
 			if (name ~ /^(info|config\|resetstat|auth|ping|select|script\|load|client.*)$/) next
-			if (name ~ /^(get|set|del|hmget|hset|pexpire)$/) { inner += calls; next }
+			if (name ~ /^(get|mget|set|setrange|del|hmget|hset|pexpire)$/) { inner += calls; next }
 			client += calls
 			if (name == "evalsha") { es = calls; eu = usec }
 		}
@@ -269,6 +276,18 @@ for rep in $(seq 1 "$repeat"); do
 	run_load "policyd+redis" "$ppid" "inet:127.0.0.1:$pport" 1 redis
 	stop_pid "$ppid"
 
+	if [ -n "$baseline" ]; then
+		pport=$(pick_port)
+		rcli flushall >/dev/null
+		write_conf "$tmp/policyd-base.conf" "$pport" "$url"
+		start_server policyd-base "$pport" "$baseline" -c "$tmp/policyd-base.conf" || { failed=1; exit 1; }
+		ppid=$server_pid
+		sleep 0.5
+		run_load "baseline+redis" "$ppid" "inet:127.0.0.1:$pport" 64 redis
+		run_load "baseline+redis" "$ppid" "inet:127.0.0.1:$pport" 1 redis
+		stop_pid "$ppid"
+	fi
+
 	if [ "$memory" = 1 ]; then
 		pport=$(pick_port)
 		rm -rf "$tmp/state"/*
@@ -297,6 +316,7 @@ echo '```'
 echo "redis-server ${rargs[*]}" | sed "s/--save  /--save '' /"
 echo "$ceiling -l inet:127.0.0.1:PORT"
 echo "$policyd -c policyd-redis.conf"
+[ -n "$baseline" ] && echo "$baseline -c policyd-base.conf   (baseline: the same config)"
 printf '%s\n' "${commands[@]}" | sort -u
 echo '```'
 echo

@@ -793,6 +793,7 @@ static unsigned compare_run(const char *url, unsigned nbatches, unsigned seed, b
 		        url, bi, refused, found, rs.scripts, rs.split, rs.compensations);
 	assert_int_equal(rs.unavail, 0);
 	assert_int_equal(rs.timeouts, 0);
+	assert_int_equal(rs.mismatches, 0);
 	assert_true(found > 10);
 	r->be->close(r);
 	m->be->close(m);
@@ -839,6 +840,492 @@ static void test_compare_cluster(void **state)
 	 * multi-slot batch cannot restore the un-normalized form (store_redis.h).
 	 */
 	assert_true(compare_run(url, 3000, 3, false) > 10);
+}
+
+/* ---- many batches in flight: merged scripts, results still the embedded store's ---- */
+
+struct rcap {
+	int calls;
+	enum store_status st;
+	size_t n;
+	struct store_result res[8];
+	uint64_t vh[8]; /* FNV-1a of a GET's value (the value is gone after the callback) */
+};
+
+static uint64_t fnv64(const void *p, size_t n)
+{
+	uint64_t h = 14695981039346656037ull;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ ((const uint8_t *)p)[i]) * 1099511628211ull;
+	return h;
+}
+
+static void rcap_cb(void *arg, enum store_status st, const struct store_result *res, size_t n)
+{
+	struct rcap *c = arg;
+	c->calls++;
+	c->st = st;
+	c->n = n;
+	for (size_t i = 0; res && i < n && i < 8; i++) {
+		c->res[i] = res[i];
+		c->vh[i] = res[i].val ? fnv64(res[i].val, res[i].vlen) : 0;
+		c->res[i].val = res[i].val ? "" : NULL;
+	}
+}
+
+static unsigned rcap_pending;
+
+static void rcap_cb_count(void *arg, enum store_status st, const struct store_result *res, size_t n)
+{
+	rcap_cb(arg, st, res, n);
+	rcap_pending--;
+}
+
+static bool rcap_all(void *arg)
+{
+	(void)arg;
+	return rcap_pending == 0;
+}
+
+static void rcap_compare(unsigned bi, const struct store_op *ops, const struct rcap *m,
+                         const struct rcap *r)
+{
+	if (r->calls != 1 || m->st != r->st || m->n != r->n)
+		fail_msg("batch %u: calls %d, status %d/%d, n %zu/%zu (memory/redis)", bi, r->calls,
+		         m->st, r->st, m->n, r->n);
+	for (size_t i = 0; i < m->n && m->st == STORE_OK; i++) {
+		const struct store_result *a = &m->res[i], *b = &r->res[i];
+		bool same = a->conform == b->conform && a->committed == b->committed &&
+		            a->window == b->window && a->retry_us == b->retry_us &&
+		            a->found == b->found && a->vlen == b->vlen && m->vh[i] == r->vh[i] &&
+		            (a->val == NULL) == (b->val == NULL);
+		for (unsigned k = 0; k < STORE_MAX_WINDOWS; k++)
+			same = same && a->used[k] == b->used[k] &&
+			       a->empty_in_us[k] == b->empty_in_us[k];
+		if (!same)
+			fail_msg(
+			    "batch %u op %zu (kind %d %s/%s cost %" PRIu64 "): memory conform %d "
+			    "committed %d window %d retry %" PRIu64 " used %" PRIu64 ",%" PRIu64
+			    " empty %" PRIu64 ",%" PRIu64 " found %d / redis conform %d committed "
+			    "%d window %d retry %" PRIu64 " used %" PRIu64 ",%" PRIu64
+			    " empty %" PRIu64 ",%" PRIu64 " found %d",
+			    bi, i, ops[i].kind, ops[i].rule, ops[i].subject, ops[i].cost,
+			    a->conform, a->committed, a->window, a->retry_us, a->used[0],
+			    a->used[1], a->empty_in_us[0], a->empty_in_us[1], a->found, b->conform,
+			    b->committed, b->window, b->retry_us, b->used[0], b->used[1],
+			    b->empty_in_us[0], b->empty_in_us[1], b->found);
+	}
+}
+
+#define MERGE_MAX 48
+
+/*
+ * Rounds of up to MERGE_MAX batches issued at once (so that they ride in
+ * few scripts), `now` non-decreasing; the embedded store runs the same
+ * batches in the same order.  one_subject: every op of a batch on one
+ * subject (one slot: no compensation in a cluster).
+ */
+static void merged_run(const char *url, unsigned rounds, unsigned seed, bool one_subject,
+                       bool limit_changes)
+{
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	int64_t now = wall_us();
+	struct store *m = open_memory(now);
+	struct store *r = open_redis(loop, url, STORE_REDIS_FAIL_CLOSED, NULL, 5000);
+	wait_ready(loop, r, 5);
+	rnd_state = 0x51ed270b27a0ull ^ seed;
+	char subj[8][64];
+	unsigned id = run_id();
+	for (unsigned i = 0; i < 8; i++)
+		snprintf(subj[i], sizeof(subj[i]), "merge%u-%u@example.com", i, id);
+	static struct store_op ops[MERGE_MAX][6];
+	static size_t nops[MERGE_MAX];
+	static uint8_t vbuf[MERGE_MAX][6][STORE_MAX_VALUE];
+	static struct rcap cm[MERGE_MAX], cr[MERGE_MAX];
+	struct store_redis_stats rs0, rs;
+	store_redis_stats(r, &rs0);
+	unsigned bi = 0, refused = 0;
+	for (unsigned round = 0; round < rounds; round++) {
+		unsigned nb = 1 + rnd_n(MERGE_MAX);
+		int64_t t[MERGE_MAX];
+		for (unsigned b = 0; b < nb; b++) {
+			size_t n = 1 + rnd_n(6);
+			unsigned s0 = rnd_n(8);
+			for (size_t i = 0; i < n; i++) {
+				const char *sj = subj[one_subject ? s0 : rnd_n(8)];
+				if (rnd_n(100) < 12) {
+					make_kv(&ops[b][i], vbuf[b][i], sj);
+					continue;
+				}
+				unsigned ri = rnd_n(4);
+				const struct rule_cfg *rc = &rules_a[ri];
+				if (ri == 3 && limit_changes && rnd_n(2))
+					rc = &rule_odd_b;
+				unsigned k = rnd_n(100);
+				enum store_op_kind kind = k < 55   ? STORE_TAKE
+				                          : k < 70 ? STORE_PEEK
+				                          : k < 88 ? STORE_REFUND
+				                                   : STORE_CLEAR;
+				unsigned c = rnd_n(100);
+				uint64_t cost = c < 5    ? 0
+				                : c < 70 ? 1
+				                : c < 97 ? 2 + rnd_n(4)
+				                         : rc->win[0].limit + 1;
+				make_op(&ops[b][i], kind, rnd_n(2) == 0, rc->name, sj, cost, rc);
+			}
+			nops[b] = n;
+			t[b] = now;
+			now += rnd_n(3) ? 0 : (int64_t)rnd_n(50000);
+		}
+		memset(cm, 0, sizeof(cm));
+		memset(cr, 0, sizeof(cr));
+		rcap_pending = nb;
+		for (unsigned b = 0; b < nb; b++) {
+			store_batch(m, ops[b], nops[b], t[b], rcap_cb, &cm[b]);
+			assert_int_equal(
+			    store_batch(r, ops[b], nops[b], t[b], rcap_cb_count, &cr[b]), 0);
+		}
+		assert_true(run_until(loop, rcap_all, NULL, 10));
+		for (unsigned b = 0; b < nb; b++, bi++) {
+			rcap_compare(bi, ops[b], &cm[b], &cr[b]);
+			for (size_t i = 0; i < nops[b]; i++)
+				if (ops[b][i].kind == STORE_TAKE && cm[b].res[i].conform &&
+				    !cm[b].res[i].committed) {
+					refused++;
+					break;
+				}
+		}
+		unsigned tt = rnd_n(100);
+		now += tt < 50 ? (int64_t)rnd_n(300000) : tt < 97 ? 20 * SEC : 2 * 3600 * SEC;
+	}
+	run_for(loop, 0.05);
+	store_redis_stats(r, &rs);
+	uint64_t scripts = rs.scripts - rs0.scripts, groups = rs.groups - rs0.groups;
+	if (env("PD_VERBOSE"))
+		fprintf(stderr,
+		        "    merged %s: %u batches (%u refused with a committable TAKE) in %" PRIu64
+		        " scripts carrying %" PRIu64 " groups, split %" PRIu64
+		        ", mismatches %" PRIu64 "\n",
+		        url, bi, refused, scripts, groups, rs.split - rs0.split, rs.mismatches);
+	assert_int_equal(rs.unavail, 0);
+	assert_int_equal(rs.mismatches, 0); /* script / gcra.c disagreements */
+	assert_true(groups > 2 * scripts);
+	assert_true(refused > 5);
+	r->be->close(r);
+	m->be->close(m);
+	ev_loop_destroy(loop);
+}
+
+static void test_merged_tcp(void **state)
+{
+	(void)state;
+	char url[256];
+	url_of(url, sizeof(url), "redis://127.0.0.1:%d/4", env_port("PD_REDIS_PORT"));
+	merged_run(url, 150, 11, false, true);
+}
+
+static void test_merged_cluster(void **state)
+{
+	(void)state;
+	char url[256];
+	cluster_url(url, sizeof(url));
+	merged_run(url, 150, 12, true, false);
+}
+
+/* a clock that goes back between batches in flight: scripts split there, results stand */
+static void test_merged_clock_back(void **state)
+{
+	(void)state;
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	char url[256];
+	url_of(url, sizeof(url), "redis://127.0.0.1:%d/4", env_port("PD_REDIS_PORT"));
+	int64_t now = wall_us();
+	struct store *m = open_memory(now);
+	struct store *r = open_redis(loop, url, STORE_REDIS_FAIL_CLOSED, NULL, 5000);
+	wait_ready(loop, r, 5);
+	char subj[64];
+	snprintf(subj, sizeof(subj), "back-%u", run_id());
+	struct store_op op;
+	make_op(&op, STORE_TAKE, true, "burst", subj, 1, &rules_a[1]);
+	static struct rcap cm[10], cr[10];
+	memset(cm, 0, sizeof(cm));
+	memset(cr, 0, sizeof(cr));
+	struct store_redis_stats rs0, rs;
+	store_redis_stats(r, &rs0);
+	rcap_pending = 10;
+	for (int i = 0; i < 10; i++) {
+		int64_t t = now + (i % 2 ? 0 : 2 * SEC); /* 2 s ahead, back, ahead, ... */
+		store_batch(m, &op, 1, t, rcap_cb, &cm[i]);
+		store_batch(r, &op, 1, t, rcap_cb_count, &cr[i]);
+	}
+	assert_true(run_until(loop, rcap_all, NULL, 10));
+	for (unsigned i = 0; i < 10; i++)
+		rcap_compare(i, &op, &cm[i], &cr[i]);
+	store_redis_stats(r, &rs);
+	assert_true(rs.scripts - rs0.scripts >= 5);
+	assert_int_equal(rs.mismatches, 0);
+	r->be->close(r);
+	m->be->close(m);
+	ev_loop_destroy(loop);
+}
+
+/* ---- list() ---- */
+
+#define LIST_MAX 4096
+
+struct lres {
+	unsigned n, stop_after;
+	bool done;
+	enum store_status st;
+	char subj[LIST_MAX][64];
+	struct store_result res[LIST_MAX];
+	uint64_t vh[LIST_MAX];
+	const char *only; /* keep subjects containing this */
+};
+
+static bool lres_cb(void *arg, const char *subject, const struct store_result *res)
+{
+	struct lres *L = arg;
+	assert_false(L->done);
+	if (L->only && strstr(subject, L->only) == NULL)
+		return true;
+	if (L->n < LIST_MAX) {
+		snprintf(L->subj[L->n], sizeof(L->subj[0]), "%s", subject);
+		L->res[L->n] = *res;
+		L->vh[L->n] = res->val ? fnv64(res->val, res->vlen) : 0;
+		L->res[L->n].val = NULL;
+	}
+	L->n++;
+	return L->stop_after == 0 || L->n < L->stop_after;
+}
+
+static void lres_done(void *arg, enum store_status st)
+{
+	struct lres *L = arg;
+	assert_false(L->done);
+	L->done = true;
+	L->st = st;
+}
+
+static bool lres_finished(void *arg)
+{
+	return ((struct lres *)arg)->done;
+}
+
+static int lres_find(const struct lres *L, const char *subj)
+{
+	for (unsigned i = 0; i < L->n && i < LIST_MAX; i++)
+		if (strcmp(L->subj[i], subj) == 0)
+			return (int)i;
+	return -1;
+}
+
+static void list_run(struct ev_loop *loop, struct store *s, const char *name,
+                     const struct rule_cfg *rc, int64_t now, struct lres *L)
+{
+	const char *only = L->only;
+	unsigned stop = L->stop_after;
+	memset(L, 0, sizeof(*L));
+	L->only = only;
+	L->stop_after = stop;
+	assert_int_equal(s->be->list(s, name, rc ? rc->win : NULL, rc ? rc->nwin : 0, now, lres_cb,
+	                             lres_done, L),
+	                 0);
+	assert_true(run_until(loop, lres_finished, L, 15));
+}
+
+static unsigned list_total;
+
+/* the same listing from both stores: same subjects, same results */
+static void list_compare(struct ev_loop *loop, struct store *m, struct store *r, const char *name,
+                         const struct rule_cfg *rc, int64_t now, const char *only)
+{
+	static struct lres lm, lr;
+	lm.only = lr.only = only;
+	lm.stop_after = lr.stop_after = 0;
+	list_run(loop, m, name, rc, now, &lm);
+	list_run(loop, r, name, rc, now, &lr);
+	assert_int_equal(lm.st, STORE_OK);
+	assert_int_equal(lr.st, STORE_OK);
+	if (lm.n != lr.n)
+		fail_msg("list %s: memory %u keys, redis %u", name, lm.n, lr.n);
+	if (env("PD_VERBOSE"))
+		fprintf(stderr, "    list %s: %u keys on both\n", name, lm.n);
+	list_total += lm.n;
+	for (unsigned i = 0; i < lm.n; i++) {
+		int j = lres_find(&lr, lm.subj[i]);
+		if (j < 0)
+			fail_msg("list %s: %s missing from redis", name, lm.subj[i]);
+		const struct store_result *a = &lm.res[i], *b = &lr.res[j];
+		bool same = a->conform == b->conform && a->found == b->found &&
+		            a->vlen == b->vlen && lm.vh[i] == lr.vh[j];
+		for (unsigned k = 0; k < STORE_MAX_WINDOWS; k++)
+			same = same && a->used[k] == b->used[k] &&
+			       a->empty_in_us[k] == b->empty_in_us[k];
+		if (!same)
+			fail_msg("list %s: %s differs (used %" PRIu64 "/%" PRIu64 ", vlen %zu/%zu)",
+			         name, lm.subj[i], a->used[0], b->used[0], a->vlen, b->vlen);
+	}
+}
+
+/* a rule name with glob and hash-tag characters */
+static const struct rule_cfg rule_glob = {"gl*b?[x]{%}\\", 1, {{5, 10 * SEC}}};
+
+static void test_list(void **state)
+{
+	(void)state;
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	char url[256];
+	int port = env_port("PD_REDIS_PORT");
+	url_of(url, sizeof(url), "redis://127.0.0.1:%d/5", port);
+	redisContext *a = admin(port);
+	assert_non_null(a);
+	freeReplyObject(cmd(a, "SELECT 5"));
+	freeReplyObject(cmd(a, "FLUSHDB"));
+	int64_t now = wall_us();
+	struct store *m = open_memory(now);
+	/* listed before the connection is up: it waits */
+	struct store *r = open_redis(loop, url, STORE_REDIS_FAIL_CLOSED, NULL, 3000);
+	static struct lres L;
+	L.only = NULL;
+	L.stop_after = 0;
+	list_run(loop, r, "@flag", NULL, now, &L);
+	assert_int_equal(L.st, STORE_OK);
+	assert_int_equal(L.n, 0);
+
+	/* random batches on both stores, then every rule and namespace listed */
+	rnd_state = 0xfeed ^ run_id();
+	char subj[40][64];
+	unsigned id = run_id();
+	for (unsigned i = 0; i < 40; i++)
+		snprintf(subj[i], sizeof(subj[i]), "l%u-%u%s", i, id,
+		         i % 7 == 0 ? "{x}*?[a]\\" : "@example.com");
+	static uint8_t vbuf[6][STORE_MAX_VALUE];
+	static struct cap cm, cr;
+	for (unsigned b = 0; b < 400; b++) {
+		struct store_op ops[6];
+		size_t n = 1 + rnd_n(6);
+		for (size_t i = 0; i < n; i++) {
+			if (rnd_n(100) < 40) {
+				make_kv(&ops[i], vbuf[i], subj[rnd_n(40)]);
+				continue;
+			}
+			unsigned ri = rnd_n(5);
+			const struct rule_cfg *rc = ri < 4 ? &rules_a[ri] : &rule_glob;
+			unsigned k = rnd_n(100);
+			make_op(&ops[i],
+			        k < 80   ? STORE_TAKE
+			        : k < 90 ? STORE_REFUND
+			                 : STORE_CLEAR,
+			        false, rc->name, subj[rnd_n(40)], 1 + rnd_n(2), rc);
+		}
+		memset(&cm, 0, sizeof(cm));
+		store_batch(m, ops, n, now, mem_cb, &cm);
+		run_batch(loop, r, ops, n, now, &cr);
+		assert_int_equal(cr.st, STORE_OK);
+		now += (int64_t)rnd_n(100000);
+	}
+	list_compare(loop, m, r, "@flag", NULL, now, NULL);
+	list_compare(loop, m, r, "@profile", NULL, now, NULL);
+	for (unsigned i = 0; i < 4; i++)
+		list_compare(loop, m, r, rules_a[i].name, &rules_a[i], now, NULL);
+	list_compare(loop, m, r, rule_glob.name, &rule_glob, now, NULL);
+	list_compare(loop, m, r, "gl", &rule_glob, now, NULL);
+	list_compare(loop, m, r, "nosuchrule", &rules_a[0], now, NULL);
+	list_compare(loop, m, r, "@nosuchns", NULL, now, NULL);
+	/* later: some blobs and windows have expired */
+	now += 50 * SEC;
+	list_compare(loop, m, r, "@flag", NULL, now, NULL);
+	list_compare(loop, m, r, "burst", &rules_a[1], now, NULL);
+	assert_true(list_total > 100);
+
+	/* several pages; a callback that stops */
+	struct store_op put = {.kind = STORE_PUT, .rule = "@many", .val = "v", .vlen = 1};
+	char sj[64];
+	for (unsigned i = 0; i < 1300; i += STORE_MAX_BATCH) {
+		struct store_op ops[STORE_MAX_BATCH];
+		static char names[STORE_MAX_BATCH][32];
+		for (unsigned k = 0; k < STORE_MAX_BATCH; k++) {
+			ops[k] = put;
+			snprintf(names[k], sizeof(names[k]), "m%u", i + k);
+			ops[k].subject = names[k];
+		}
+		run_batch(loop, r, ops, STORE_MAX_BATCH, now, &cr);
+		assert_int_equal(cr.st, STORE_OK);
+	}
+	list_run(loop, r, "@many", NULL, now, &L);
+	assert_int_equal(L.st, STORE_OK);
+	assert_int_equal(L.n, 1344);
+	snprintf(sj, sizeof(sj), "m%u", 1343);
+	assert_true(lres_find(&L, sj) >= 0);
+	L.stop_after = 10;
+	list_run(loop, r, "@many", NULL, now, &L);
+	assert_int_equal(L.st, STORE_OK);
+	assert_int_equal(L.n, 10);
+	L.stop_after = 0;
+	/* bad arguments */
+	struct gcra_window zero = {0, 0};
+	memset(&L, 0, sizeof(L));
+	assert_int_equal(r->be->list(r, "", NULL, 0, now, lres_cb, lres_done, &L), 0);
+	assert_true(L.done && L.st == STORE_EINVAL);
+	memset(&L, 0, sizeof(L));
+	assert_int_equal(r->be->list(r, "burst", &zero, 1, now, lres_cb, lres_done, &L), 0);
+	assert_true(L.done && L.st == STORE_EINVAL);
+	/* closed while listing: done() once, with STORE_EUNAVAIL */
+	memset(&L, 0, sizeof(L));
+	assert_int_equal(r->be->list(r, "@many", NULL, 0, now, lres_cb, lres_done, &L), 0);
+	r->be->close(r);
+	assert_true(L.done);
+	assert_int_equal(L.st, STORE_EUNAVAIL);
+
+	/* a server that is not there: done(STORE_EUNAVAIL) in bounded time */
+	url_of(url, sizeof(url), "redis://127.0.0.1:%d/0", kill_port());
+	r = open_redis(loop, url, STORE_REDIS_FAIL_CLOSED, NULL, 200);
+	double t0 = mono();
+	list_run(loop, r, "@flag", NULL, now, &L);
+	assert_int_equal(L.st, STORE_EUNAVAIL);
+	assert_true(mono() - t0 < 7);
+	r->be->close(r);
+	m->be->close(m);
+	redisFree(a);
+	ev_loop_destroy(loop);
+}
+
+static void test_cluster_list(void **state)
+{
+	(void)state;
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	char url[256], tag[32];
+	cluster_url(url, sizeof(url));
+	struct store *r = open_redis(loop, url, STORE_REDIS_FAIL_CLOSED, NULL, 3000);
+	int64_t now = wall_us();
+	snprintf(tag, sizeof(tag), "-c%u", run_id());
+	static char names[300][48];
+	static struct cap cr;
+	for (unsigned i = 0; i < 300; i += 50) {
+		struct store_op ops[50];
+		for (unsigned k = 0; k < 50; k++) {
+			snprintf(names[i + k], sizeof(names[0]), "s%u%s", i + k, tag);
+			make_op(&ops[k], STORE_TAKE, false, "clist", names[i + k], 1 + k % 3,
+			        &rules_a[2]);
+		}
+		wait_ready(loop, r, 5);
+		run_batch(loop, r, ops, 50, now, &cr);
+		assert_int_equal(cr.st, STORE_OK);
+	}
+	static struct lres L;
+	L.only = tag;
+	L.stop_after = 0;
+	list_run(loop, r, "clist", &rules_a[2], now, &L);
+	assert_int_equal(L.st, STORE_OK);
+	assert_int_equal(L.n, 300);
+	for (unsigned i = 0; i < 300; i++) {
+		int j = lres_find(&L, names[i]);
+		assert_true(j >= 0);
+		assert_int_equal(L.res[j].used[0], 1 + i % 50 % 3);
+	}
+	r->be->close(r);
+	ev_loop_destroy(loop);
 }
 
 /* ---- two stores sharing limits ---- */
@@ -1871,11 +2358,14 @@ int main(void)
 	    cmocka_unit_test(test_close_inflight), cmocka_unit_test(test_auth),
 	    cmocka_unit_test(test_kill_closed),    cmocka_unit_test(test_kill_open),
 	    cmocka_unit_test(test_kill_local),     cmocka_unit_test(test_stopped),
+	    cmocka_unit_test(test_merged_tcp),     cmocka_unit_test(test_merged_clock_back),
+	    cmocka_unit_test(test_list),
 	};
 	const struct CMUnitTest cluster[] = {
 	    cmocka_unit_test(test_cluster_keyslot_live), cmocka_unit_test(test_compare_cluster),
 	    cmocka_unit_test(test_cluster_shared_limit), cmocka_unit_test(test_cluster_reshard),
 	    cmocka_unit_test(test_cluster_ask),          cmocka_unit_test(test_cluster_failover),
+	    cmocka_unit_test(test_merged_cluster),       cmocka_unit_test(test_cluster_list),
 	};
 	int failed = cmocka_run_group_tests_name("store_redis_offline", offline, NULL, NULL);
 	if (env("PD_REDIS_PORT") && env("PD_DIR"))
