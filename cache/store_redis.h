@@ -14,8 +14,9 @@
  *
  * Each batch is run by a Lua script (EVALSHA) on one pipelined connection
  * per server, shared by all batches in flight: the batches waiting at the
- * same turn of the event loop (or while earlier scripts are unanswered,
- * at most 2 per connection) ride in ONE script, each as a sub-batch with
+ * same turn of the event loop (or while earlier scripts are unanswered:
+ * at most 2 per connection, 32 on a cluster, where only batches of one
+ * hash slot can share a script) ride in ONE script, each as a sub-batch with
  * its own refusal and result, so that a round trip and a script serve many
  * requests; a lone request is sent at once.  The script applies store.h's
  * batch semantics to each sub-batch in order, atomically, and the results

@@ -799,11 +799,11 @@ static void expect_duration(const char *s, uint64_t want)
 
 static void test_duration(void **state)
 {
-	static const char *const bad[] = {"0",   "0s",    "0d",      "367d",
-	                                  "53w", "8785h", "527041m", "31622401",
-	                                  "1x",  "s",     "",        " ",
-	                                  "-1s", "1.5h",  "1hh",     "1 h",
-	                                  "1H",  "h1",    "1s ",     "99999999999999999999s",
+	static const char *const bad[] = {"0",    "0s",    "0d",      "367d",
+	                                  "53w",  "8785h", "527041m", "31622401",
+	                                  "1x",   "s",     "",        " ",
+	                                  "-1s",  "1.5h",  "1hh",     "1 h",
+	                                  "1H",   "h1",    "1s ",     "99999999999999999999s",
 	                                  "1msx", "0ms"};
 	char err[200];
 
