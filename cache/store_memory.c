@@ -15,7 +15,9 @@
  * deletion (no tombstones), and
  * a keyed SipHash-1-3 of the subject (key from getrandom() per process),
  * so clients cannot choose colliding subjects.  Growth rehashes at once
- * (load 3/4 -> 3/8); tick() sweeps 1/50 of the slots per call, dropping
+ * (load 1/2 -> 1/4; at 3/4 the sweep's deletions left clusters of hundreds
+ * of slots and a look-up took 5-30 probes); tick() sweeps 1/50 of the
+ * slots per call, dropping
  * rule blocks whose windows are all empty, and halves a table below 1/8.
  * A key is a (rule, subject) block; max_keys caps them, evicting by
  * sampling 5 slots and dropping the block that empties soonest.
@@ -535,7 +537,7 @@ static void sm_del_slot(struct sm_store *s, size_t i)
 /* A free slot for a subject known to be absent; grows the table first if needed. */
 static size_t sm_slot_for(struct sm_store *s, uint64_t h)
 {
-	if ((s->nent + 1) * 4 > s->cap * 3) {
+	if ((s->nent + 1) * 2 > s->cap) {
 		if (s->cap >= SM_MAX_CAP || sm_resize(s, s->cap * 2) < 0)
 			if (s->nent + 1 >= s->cap)
 				return SM_NONE;
@@ -1001,7 +1003,7 @@ static int sm_bput(struct sm_store *s, uint16_t ns, const char *subj, size_t sle
 		sm_blob_release(s, s->bent[i], dead);
 		s->bent[i] = b;
 	} else {
-		if (s->bcap == 0 || (s->nblob + 1) * 4 > s->bcap * 3) {
+		if (s->bcap == 0 || (s->nblob + 1) * 2 > s->bcap) {
 			size_t ncap = s->bcap ? s->bcap * 2 : SM_MIN_CAP;
 			if ((ncap > SM_MAX_CAP || sm_bresize(s, ncap) < 0) &&
 			    (s->bcap == 0 || s->nblob + 1 >= s->bcap)) {
