@@ -937,7 +937,7 @@ void anomaly_finish(struct pipeline_ctx *x)
 	char network[64] = "";
 	const char *raw_client = proto_get(x->req, PROTO_A_CLIENT_ADDRESS);
 	if (x->client[0]) {
-		key_norm_net(network, sizeof(network), x->client, 24, 64);
+		key_ip_net(network, sizeof(network), &x->client_ip, 24, 64);
 		o.prefix = anomaly_h32(network) | 1;
 	} else if (raw_client[0] && strcasecmp(raw_client, "unknown")) {
 		anomaly_stats.bad_addresses++;

@@ -124,23 +124,27 @@ int key_net_parse(const char *s, struct key_net *n)
 	return 0;
 }
 
-bool key_addr_in(const char *addr, const struct key_net *nets, size_t n)
+bool key_ip_in(const struct key_ip *ip, const struct key_net *nets, size_t n)
 {
-	uint8_t a[16];
-	int fam;
+	size_t bytes = ip->family == AF_INET ? 4 : 16;
 
-	if (n == 0 || key_parse_ip(addr, &fam, a) < 0)
-		return false;
 	for (size_t i = 0; i < n; i++) {
 		uint8_t m[16];
-		if (nets[i].family != fam)
+		if (nets[i].family != ip->family)
 			continue;
-		memcpy(m, a, 16);
-		key_mask(m, nets[i].prefix, fam == AF_INET ? 4 : 16);
-		if (memcmp(m, nets[i].addr, fam == AF_INET ? 4 : 16) == 0)
+		memcpy(m, ip->addr, 16);
+		key_mask(m, nets[i].prefix, (unsigned)bytes);
+		if (memcmp(m, nets[i].addr, bytes) == 0)
 			return true;
 	}
 	return false;
+}
+
+bool key_addr_in(const char *addr, const struct key_net *nets, size_t n)
+{
+	struct key_ip ip;
+
+	return n > 0 && key_ip_parse(addr, &ip) == 0 && key_ip_in(&ip, nets, n);
 }
 
 static size_t key_copy_lower(char *out, size_t outsz, const char *s, size_t len, bool fold)
@@ -253,43 +257,43 @@ size_t key_fmt_ipv6(char *out, const uint8_t a[16])
 	return n;
 }
 
-size_t key_norm_ip(char *out, size_t outsz, const char *addr)
+int key_ip_parse(const char *s, struct key_ip *ip)
 {
-	uint8_t a[16];
-	int fam;
-	if (outsz < INET6_ADDRSTRLEN || key_parse_ip(addr, &fam, a) < 0)
-		return 0;
-	if (fam == AF_INET)
-		return key_fmt_ipv4(out, a);
-	return key_fmt_ipv6(out, a);
+	return key_parse_ip(s, &ip->family, ip->addr);
 }
 
-size_t key_norm_net(char *out, size_t outsz, const char *addr, unsigned prefix4, unsigned prefix6)
+size_t key_ip_fmt(char *out, size_t outsz, const struct key_ip *ip)
+{
+	if (outsz < INET6_ADDRSTRLEN)
+		return 0;
+	if (ip->family == AF_INET)
+		return key_fmt_ipv4(out, ip->addr);
+	return key_fmt_ipv6(out, ip->addr);
+}
+
+size_t key_norm_ip(char *out, size_t outsz, const char *addr)
+{
+	struct key_ip ip;
+
+	if (key_ip_parse(addr, &ip) < 0)
+		return 0;
+	return key_ip_fmt(out, outsz, &ip);
+}
+
+size_t key_ip_net(char *out, size_t outsz, const struct key_ip *ip, unsigned prefix4,
+                  unsigned prefix6)
 {
 	uint8_t a[16];
-	int fam;
 	char txt[INET6_ADDRSTRLEN];
-	if (key_parse_ip(addr, &fam, a) < 0)
+	bool v4 = ip->family == AF_INET;
+	unsigned p = v4 ? prefix4 : prefix6;
+
+	memcpy(a, ip->addr, 16);
+	key_mask(a, p, v4 ? 4 : 16);
+	size_t n = v4 ? key_fmt_ipv4(txt, a) : key_fmt_ipv6(txt, a);
+	if (outsz < n + 5)
 		return 0;
-	unsigned p = fam == AF_INET ? prefix4 : prefix6;
-	key_mask(a, p, fam == AF_INET ? 4 : 16);
-	if (fam == AF_INET) {
-		size_t n = key_fmt_ipv4(txt, a);
-		if (outsz < n + 5)
-			return 0;
-		memcpy(out, txt, n);
-		out[n++] = '/';
-		if (p >= 10)
-			out[n++] = (char)('0' + p / 10);
-		out[n++] = (char)('0' + p % 10);
-		out[n] = '\0';
-		return n;
-	}
-	size_t tl = key_fmt_ipv6(txt, a);
-	if (outsz < tl + 5)
-		return 0;
-	memcpy(out, txt, tl);
-	int n = (int)tl;
+	memcpy(out, txt, n);
 	out[n++] = '/';
 	if (p >= 100)
 		out[n++] = (char)('0' + p / 100);
@@ -297,7 +301,16 @@ size_t key_norm_net(char *out, size_t outsz, const char *addr, unsigned prefix4,
 		out[n++] = (char)('0' + p / 10 % 10);
 	out[n++] = (char)('0' + p % 10);
 	out[n] = '\0';
-	return n > 0 && (size_t)n < outsz ? (size_t)n : 0;
+	return n;
+}
+
+size_t key_norm_net(char *out, size_t outsz, const char *addr, unsigned prefix4, unsigned prefix6)
+{
+	struct key_ip ip;
+
+	if (key_ip_parse(addr, &ip) < 0)
+		return 0;
+	return key_ip_net(out, outsz, &ip, prefix4, prefix6);
 }
 
 size_t key_norm_login(char *out, size_t outsz, const char *login, bool fold)

@@ -43,6 +43,22 @@ enum principal_kind { PRINCIPAL_NONE = 0, PRINCIPAL_SASL, PRINCIPAL_SENDER, PRIN
 int key_type_parse(const char *s, enum key_type *t);
 const char *key_type_name(enum key_type t);
 
+/* A parsed client address: IPv4 in addr[0..4), IPv4-mapped IPv6 folded. */
+struct key_ip {
+	int family; /* AF_INET or AF_INET6 */
+	uint8_t addr[16];
+};
+
+/* Parse a client address ("192.0.2.1", "2001:db8::1", "ipv6:..."); 0 or -1. */
+int key_ip_parse(const char *s, struct key_ip *ip);
+/* Its canonical text (out >= 46 bytes): dotted quad or RFC 5952. */
+size_t key_ip_fmt(char *out, size_t outsz, const struct key_ip *ip);
+/* Its network as text, "198.51.100.0/24", "2001:db8::/64"; 0 if it does not fit. */
+size_t key_ip_net(char *out, size_t outsz, const struct key_ip *ip, unsigned prefix4,
+                  unsigned prefix6);
+/* Does it lie in one of nets? */
+bool key_ip_in(const struct key_ip *ip, const struct key_net *nets, size_t n);
+
 /* Parse "10.0.0.0/8", "2001:db8::/32", "192.0.2.1" (host). 0 or -1. */
 int key_net_parse(const char *s, struct key_net *n);
 /* Does the textual address lie in one of nets? (IPv4-mapped folded.) */

@@ -68,7 +68,8 @@ size_t limit_subject(const struct pipeline_ctx *x, const struct rule *r, char *o
 		n = limit_copy(out, outsz, x->client);
 		break;
 	case KEY_CLIENT_NETWORK:
-		n = key_norm_net(out, outsz, x->client, r->prefix4, r->prefix6);
+		if (x->client[0])
+			n = key_ip_net(out, outsz, &x->client_ip, r->prefix4, r->prefix6);
 		break;
 	case KEY_RECIPIENT_DOMAIN:
 		n = key_norm_domain(out, outsz, proto_get(q, PROTO_A_RECIPIENT));

@@ -48,7 +48,8 @@ void pipeline_begin(struct pipeline_ctx *x, const struct config *cfg,
 	key_norm_address(x->sender, sizeof(x->sender), sender, &cfg->keyopts);
 	key_norm_address(x->recipient, sizeof(x->recipient), proto_get(req, PROTO_A_RECIPIENT),
 	                 &cfg->keyopts);
-	if (key_norm_ip(x->client, sizeof(x->client), client) == 0)
+	if (key_ip_parse(client, &x->client_ip) < 0 ||
+	    key_ip_fmt(x->client, sizeof(x->client), &x->client_ip) == 0)
 		x->client[0] = '\0';
 
 	x->principal[0] = '\0';
@@ -58,7 +59,7 @@ void pipeline_begin(struct pipeline_ctx *x, const struct config *cfg,
 	                              cfg->keyopts.fold_localpart) > 0) {
 		x->pkind = PRINCIPAL_SASL;
 		x->outbound = true;
-	} else if (x->client[0] && key_addr_in(x->client, cfg->trusted, cfg->ntrusted)) {
+	} else if (x->client[0] && key_ip_in(&x->client_ip, cfg->trusted, cfg->ntrusted)) {
 		x->outbound = true;
 		if (x->sender[0]) {
 			memcpy(x->principal, x->sender, sizeof(x->principal));
