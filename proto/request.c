@@ -13,8 +13,12 @@
  * Limits: a request is judged only once its end has been found within
  * max_request bytes; bytes already searched are never searched again
  * (p->scanned), so a request that arrives one byte at a time costs O(n).
- * The judging pass is one memchr for NUL over the request plus one pass per
- * line; the first malformed line (in line order) decides the error.
+ * When a read ends with an empty line (the usual case: Postfix writes a
+ * request at once) the end is searched for and the lines are judged in the
+ * same pass; otherwise the end is searched for first.  Judging is one
+ * memchr for NUL plus one pass per line; the first malformed line (in line
+ * order) decides the error.  NULs are written over the line ends and '='
+ * only once a request is judged.
  * No I/O, no globals, no allocation.
  */
 #include "proto/request.h"
@@ -361,28 +365,53 @@ static enum proto_status proto_bad(struct proto_diag *diag, enum proto_error cod
 }
 
 /*
- * Split and judge the attribute lines buf[0 .. body); each ends with LF.
- * Writes NULs over each '=' and line end.
+ * NUL-terminate what req holds: each kept value (and each extra's name)
+ * ends at a '\r', '\n' or '=' of buf, overwritten here.  Done once the
+ * lines are judged, so that a search that failed leaves buf as it was.
  */
-static enum proto_status proto_parse_lines(const struct proto_limits *lim, char *buf, size_t body,
-                                           struct proto_request *req, struct proto_diag *diag)
+static void proto_terminate(struct proto_request *req)
+{
+	for (size_t a = 0; a < PROTO_A__COUNT; a++)
+		if (req->attr[a].p)
+			((char *)req->attr[a].p)[req->attr[a].len] = '\0';
+	for (size_t i = 0; i < req->nextra; i++) {
+		((char *)req->extra[i].name.p)[req->extra[i].name.len] = '\0';
+		((char *)req->extra[i].value.p)[req->extra[i].value.len] = '\0';
+	}
+}
+
+/*
+ * Split and judge the attribute lines of buf[0 .. len), which holds an
+ * empty line: the lines before the first empty line are the request, *body
+ * is where the empty line starts and *end its LF.  One pass: one memchr
+ * for the line end and one for the '=' per line.  On PROTO_BAD *body and
+ * *end are not set.
+ */
+static enum proto_status proto_parse_lines(const struct proto_limits *lim, char *buf, size_t len,
+                                           struct proto_request *req, struct proto_diag *diag,
+                                           size_t *body, size_t *end)
 {
 	static const char want[] = "smtpd_access_policy";
-	const char *nul = memchr(buf, '\0', body);
+	const char *nul = memchr(buf, '\0', len);
 	size_t line_req = 0, line_size = 0, line_rcnt = 0;
 	size_t s = 0, n = 0;
 	uint64_t v;
 
-	while (s < body) {
-		char *lf = memchr(buf + s, '\n', body - s);
-		size_t eol = (size_t)(lf - buf);
+	for (;;) {
+		char *lf = memchr(buf + s, '\n', len - s);
+		size_t eol = (size_t)(lf - buf); /* the caller guarantees an LF */
 		size_t e = eol;
 		char *name = buf + s;
 		char *eq;
 
-		n++;
 		if (e > s && buf[e - 1] == '\r')
 			e--;
+		if (e == s) { /* the empty line */
+			*body = s;
+			*end = eol;
+			break;
+		}
+		n++;
 		if (n > lim->max_attrs)
 			return proto_bad(diag, PROTO_E_TOO_MANY, n);
 		if (nul && nul < lf)
@@ -394,8 +423,6 @@ static enum proto_status proto_parse_lines(const struct proto_limits *lim, char 
 			return proto_bad(diag, PROTO_E_NO_EQUALS, n);
 		if (eq == name)
 			return proto_bad(diag, PROTO_E_EMPTY_NAME, n);
-		*eq = '\0';
-		buf[e] = '\0';
 
 		size_t nlen = (size_t)(eq - name);
 		struct proto_str val = {eq + 1, e - (s + nlen + 1)};
@@ -444,17 +471,42 @@ static enum proto_status proto_parse_lines(const struct proto_limits *lim, char 
 	return PROTO_OK;
 }
 
+/* Does buf[0 .. len) end with an empty line ("\n\n" or "\n\r\n")? */
+static int proto_ends_empty(const char *buf, size_t len)
+{
+	if (len < 2 || buf[len - 1] != '\n')
+		return 0;
+	return buf[len - 2] == '\n' || (len >= 3 && buf[len - 2] == '\r' && buf[len - 3] == '\n');
+}
+
 enum proto_status proto_parse(struct proto_parser *p, char *buf, size_t len,
                               struct proto_request *req, size_t *used, struct proto_diag *diag)
 {
 	struct proto_diag scratch;
 	size_t body, end;
+	enum proto_status st;
 
 	if (!diag)
 		diag = &scratch;
 	diag->code = PROTO_E_NONE;
 	diag->line = 0;
 	*used = 0;
+
+	/*
+	 * The common case: the read ended with a request's empty line, within
+	 * max_request.  Then the first empty line is within reach and the
+	 * lines can be judged while it is searched for, in one pass.
+	 */
+	if (p->scanned == 0 && len <= p->lim.max_request && proto_ends_empty(buf, len)) {
+		proto_request_reset(req);
+		st = proto_parse_lines(&p->lim, buf, len, req, diag, &body, &end);
+		if (st == PROTO_BAD && !proto_find_end(p, buf, len, &body, &end))
+			end = len - 1; /* cannot happen: buf ends with an empty line */
+		p->scanned = 0;
+		*used = end + 1;
+		proto_terminate(req);
+		return st;
+	}
 
 	if (!proto_find_end(p, buf, len, &body, &end)) {
 		if (len == 0 || len < p->lim.max_request)
@@ -467,5 +519,7 @@ enum proto_status proto_parse(struct proto_parser *p, char *buf, size_t len,
 	p->scanned = 0;
 	*used = end + 1;
 	proto_request_reset(req);
-	return proto_parse_lines(&p->lim, buf, body, req, diag);
+	st = proto_parse_lines(&p->lim, buf, end + 1, req, diag, &body, &end);
+	proto_terminate(req);
+	return st;
 }
