@@ -47,6 +47,7 @@
  * flock()ed: one process at a time.
  */
 #include <dirent.h>
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -118,6 +119,11 @@ struct sm_rules {
 	size_t n, cap;
 	uint16_t *map; /* rule index + 1, 0 free */
 	size_t mapcap; /* power of 2 */
+	/* the last names seen, by address: the callers pass the same strings
+	 * (the config's rule names) again and again; a hit is still checked
+	 * by content, so a reused address cannot give a wrong index */
+	const char *cptr[8];
+	uint16_t cidx[8];
 };
 
 struct sm_store {
@@ -211,9 +217,9 @@ static uint64_t sm_siphash(const uint64_t k[2], const void *data, size_t n)
 	const uint8_t *p = data;
 	size_t i = 0;
 	for (; i + 8 <= n; i += 8) {
-		uint64_t m = 0;
-		for (int j = 7; j >= 0; j--)
-			m = (m << 8) | p[i + (size_t)j];
+		uint64_t m;
+		memcpy(&m, p + i, 8);
+		m = le64toh(m);
 		v[3] ^= m;
 		sm_sipround(v);
 		v[0] ^= m;
@@ -568,15 +574,43 @@ static int sm_rule_grow_map(struct sm_rules *R, const uint64_t key[2])
 	return 0;
 }
 
+static size_t sm_rule_cslot(const char *name)
+{
+	return ((uintptr_t)name >> 3) & 7u;
+}
+
+/* The index cached for this address if it still names the same rule, or -1. */
+static int sm_rule_cached(const struct sm_rules *R, const char *name, size_t len)
+{
+	size_t c = sm_rule_cslot(name);
+	if (R->cptr[c] != name)
+		return -1;
+	size_t r = R->cidx[c];
+	if (r < R->n && R->len[r] == len && memcmp(R->name[r], name, len) == 0)
+		return (int)r;
+	return -1;
+}
+
+static int sm_rule_remember(struct sm_rules *R, const char *name, size_t r)
+{
+	size_t c = sm_rule_cslot(name);
+	R->cptr[c] = name;
+	R->cidx[c] = (uint16_t)r;
+	return (int)r;
+}
+
 /* Index of a known rule name, -1 if unknown. */
 static int sm_rule_find(struct sm_store *s, const char *name, size_t len)
 {
 	struct sm_rules *R = &s->rules;
+	int c = sm_rule_cached(R, name, len);
+	if (c >= 0)
+		return c;
 	uint64_t h = sm_siphash(s->key, name, len);
 	for (size_t i = h & (R->mapcap - 1); R->map[i]; i = (i + 1) & (R->mapcap - 1)) {
 		size_t r = R->map[i] - 1u;
 		if (R->len[r] == len && memcmp(R->name[r], name, len) == 0)
-			return (int)r;
+			return sm_rule_remember(R, name, r);
 	}
 	return -1;
 }
@@ -585,12 +619,15 @@ static int sm_rule_find(struct sm_store *s, const char *name, size_t len)
 static int sm_rule_intern(struct sm_store *s, const char *name, size_t len)
 {
 	struct sm_rules *R = &s->rules;
+	int c = sm_rule_cached(R, name, len);
+	if (c >= 0)
+		return c;
 	uint64_t h = sm_siphash(s->key, name, len);
 	size_t i;
 	for (i = h & (R->mapcap - 1); R->map[i]; i = (i + 1) & (R->mapcap - 1)) {
 		size_t r = R->map[i] - 1u;
 		if (R->len[r] == len && memcmp(R->name[r], name, len) == 0)
-			return (int)r;
+			return sm_rule_remember(R, name, r);
 	}
 	if (R->n >= SM_MAX_RULES)
 		return -1;
