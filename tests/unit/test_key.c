@@ -496,10 +496,132 @@ static void test_fmt_ipv6_like_inet_ntop(void **state)
 	}
 }
 
+/* What key_ip_parse must give, by inet_pton: -1, or the family and bytes. */
+static int ip_expect(const char *s, struct key_ip *ip)
+{
+	struct in6_addr a6;
+	memset(ip, 0, sizeof(*ip));
+	if (inet_pton(AF_INET, s, ip->addr) == 1) {
+		ip->family = AF_INET;
+		return 0;
+	}
+	if (inet_pton(AF_INET6, s, &a6) != 1)
+		return -1;
+	if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+		memcpy(ip->addr, &a6.s6_addr[12], 4);
+		ip->family = AF_INET;
+		return 0;
+	}
+	memcpy(ip->addr, a6.s6_addr, 16);
+	ip->family = AF_INET6;
+	return 0;
+}
+
+/* key_ip_parse (its own IPv6 parser first) against inet_pton on valid
+ * addresses in every text form and on mutations of them. */
+static void test_ip_parse_like_inet_pton(void **state)
+{
+	(void)state;
+	static const char alpha[] = "0123456789abcdefABCDEF:.:::x";
+	unsigned seed = 4242;
+	int accepted = 0;
+	for (int iter = 0; iter < 300000; iter++) {
+		uint8_t a[16];
+		char txt[128];
+		for (int i = 0; i < 16; i += 2) {
+			seed = seed * 1103515245u + 12345u;
+			unsigned r = seed >> 16;
+			unsigned v = (r & 3) == 0 ? 0
+			             : (r & 4)    ? (r >> 3) & 0xff
+			                          : (r >> 3) & 0xffff;
+			a[i] = (uint8_t)(v >> 8);
+			a[i + 1] = (uint8_t)v;
+		}
+		seed = seed * 1103515245u + 12345u;
+		unsigned form = (seed >> 16) % 4;
+		if (form == 0) {
+			assert_non_null(inet_ntop(AF_INET6, a, txt, sizeof(txt)));
+		} else if (form == 1) { /* every group, leading zeros, upper case */
+			int o = 0;
+			for (int i = 0; i < 16; i += 2)
+				o += snprintf(txt + o, sizeof(txt) - (size_t)o, "%s%04X",
+				              i ? ":" : "", (unsigned)a[i] << 8 | a[i + 1]);
+		} else if (form == 2) { /* a dotted quad at the end */
+			int o = 0;
+			for (int i = 0; i < 12; i += 2)
+				o += snprintf(txt + o, sizeof(txt) - (size_t)o,
+				              "%x:", (unsigned)a[i] << 8 | a[i + 1]);
+			snprintf(txt + o, sizeof(txt) - (size_t)o, "%u.%u.%u.%u", a[12], a[13],
+			         a[14], a[15]);
+		} else {
+			assert_non_null(inet_ntop(AF_INET6, a, txt, sizeof(txt)));
+		}
+		/* mutate half of them: replace, insert or delete a character */
+		seed = seed * 1103515245u + 12345u;
+		unsigned r = seed >> 16;
+		size_t len = strlen(txt);
+		if ((r & 1) && len > 0) {
+			size_t at = (r >> 1) % len;
+			char c = alpha[(r >> 9) % (sizeof(alpha) - 1)];
+			switch ((r >> 14) % 3) {
+			case 0:
+				txt[at] = c;
+				break;
+			case 1:
+				memmove(txt + at + 1, txt + at, len - at + 1);
+				txt[at] = c;
+				break;
+			default:
+				memmove(txt + at, txt + at + 1, len - at);
+				break;
+			}
+		}
+		struct key_ip want, got;
+		int w = ip_expect(txt, &want);
+		memset(&got, 0, sizeof(got));
+		int g = key_ip_parse(txt, &got);
+		if (w != g ||
+		    (w == 0 && (want.family != got.family || memcmp(want.addr, got.addr, 16) != 0)))
+			fail_msg("'%s': inet_pton %d, key_ip_parse %d", txt, w, g);
+		accepted += w == 0;
+	}
+	assert_true(accepted > 100000); /* the valid forms were really tested */
+	static const char *const odd[] = {"::",
+	                                  "::1",
+	                                  "1::",
+	                                  "1:2:3:4:5:6:7::",
+	                                  "::2:3:4:5:6:7:8",
+	                                  "1:2:3:4:5:6:7:8::",
+	                                  ":::",
+	                                  "1:::2",
+	                                  ":1::2",
+	                                  "1::2::3",
+	                                  "12345::",
+	                                  "::ffff:1.2.3.4",
+	                                  "::1.2.3.4",
+	                                  "1:2:3:4:5:6:7:1.2.3.4",
+	                                  "::01.2.3.4",
+	                                  "1:2:3:4:5:6:1.2.3.4",
+	                                  "",
+	                                  ":",
+	                                  "1:",
+	                                  "g::"};
+	for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++) {
+		struct key_ip want, got;
+		int w = ip_expect(odd[i], &want);
+		memset(&got, 0, sizeof(got));
+		int g = key_ip_parse(odd[i], &got);
+		if (w != g ||
+		    (w == 0 && (want.family != got.family || memcmp(want.addr, got.addr, 16) != 0)))
+			fail_msg("'%s': inet_pton %d, key_ip_parse %d", odd[i], w, g);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_fmt_ipv6_like_inet_ntop),
+	    cmocka_unit_test(test_ip_parse_like_inet_pton),
 	    cmocka_unit_test(test_type_names),
 	    cmocka_unit_test(test_address_fold),
 	    cmocka_unit_test(test_address_extension),
