@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chroot.h"
 #include "config.h"
 #include "flag.h"
 #include "held.h"
@@ -1668,7 +1669,9 @@ static void control_stop(struct module_ctx *m)
 		ev_io_stop(m->loop, &ctl->lw);
 		close(ctl->lfd);
 		ctl->lfd = -1;
-		if (unlink(ctl->path) < 0 && errno != ENOENT)
+		/* a socket outside the chroot stays (replaced at the next start) */
+		if (unlink(chroot_path(ctl->path)) < 0 && errno != ENOENT &&
+		    (chroot_root() == NULL || chroot_under(chroot_root(), ctl->path)))
 			log_warn("control: cannot remove %s: %s", ctl->path, strerror(errno));
 	}
 	ctl->path[0] = '\0';
