@@ -37,6 +37,11 @@ const char *chroot_path(const char *path)
 	return in[0] ? in : "/";
 }
 
+bool chroot_reachable(const char *path)
+{
+	return chroot_dir[0] == '\0' || chroot_under(chroot_dir, path);
+}
+
 const char *chroot_root(void)
 {
 	return chroot_dir[0] ? chroot_dir : NULL;

@@ -23,9 +23,14 @@ bool chroot_under(const char *root, const char *path);
 
 /* The path to use now: path itself before chroot_enter() (or without a
  * chroot), path with the root stripped after it ("/" for the root
- * itself).  A path outside the root is returned unchanged (it will then
- * not be found: the configuration check refuses such paths). */
+ * itself).  A path outside the root is returned unchanged: inside the
+ * chroot it names another file (the configuration check refuses such
+ * paths where they are opened; check chroot_reachable() before removing
+ * one). */
 const char *chroot_path(const char *path);
+
+/* Can path be reached now (no chroot, or it lies under the root)? */
+bool chroot_reachable(const char *path);
 
 /* The root entered, or NULL. */
 const char *chroot_root(void);

@@ -1670,8 +1670,8 @@ static void control_stop(struct module_ctx *m)
 		close(ctl->lfd);
 		ctl->lfd = -1;
 		/* a socket outside the chroot stays (replaced at the next start) */
-		if (unlink(chroot_path(ctl->path)) < 0 && errno != ENOENT &&
-		    (chroot_root() == NULL || chroot_under(chroot_root(), ctl->path)))
+		if (chroot_reachable(ctl->path) && unlink(chroot_path(ctl->path)) < 0 &&
+		    errno != ENOENT)
 			log_warn("control: cannot remove %s: %s", ctl->path, strerror(errno));
 	}
 	ctl->path[0] = '\0';

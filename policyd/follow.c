@@ -932,7 +932,7 @@ void follow_free(struct follow *f)
 			ev_stat_stop(f->loop, &f->st);
 		ev_io_stop(f->loop, &f->io);
 	}
-	if (f->kind == FK_SOCKET && f->fd >= 0)
+	if (f->kind == FK_SOCKET && f->fd >= 0 && chroot_reachable(f->path))
 		unlink(chroot_path(f->path));
 	follow_close_fd(f);
 	free(f->buf);

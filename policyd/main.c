@@ -563,7 +563,7 @@ int main(int argc, char **argv)
 	}
 	close_stores(&a);
 	config_free(cfg);
-	if (pid_file)
+	if (pid_file && chroot_reachable(pid_file))
 		unlink(chroot_path(pid_file)); /* outside a chroot: left, like a stale one */
 	free(pid_file);
 	ev_loop_destroy(loop);

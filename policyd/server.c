@@ -770,7 +770,7 @@ void server_free(struct server *s)
 	for (size_t i = 0; i < s->nls; i++) {
 		ev_io_stop(s->loop, &s->ls[i].w);
 		close(s->ls[i].w.fd);
-		if (s->ls[i].unix_path)
+		if (s->ls[i].unix_path && chroot_reachable(s->ls[i].unix_path))
 			unlink(chroot_path(s->ls[i].unix_path));
 		free(s->ls[i].unix_path);
 		free(s->ls[i].name);

@@ -10,9 +10,12 @@
 # listener (through Postfix) and the inet one (raw requests); counts kept in
 # the state_dir inside DIR across a restart; SIGHUP refused (with a log
 # line) while the config file lies outside DIR, and applied when it lies
-# inside.  TAP on stdout.
+# inside; a control socket outside DIR (bound before the chroot) and a
+# lockout command inside it, run chrooted with its evidence file (a small
+# static program built here with cc -static; SKIP without it).  TAP on stdout.
 #
-# Needs: root, POLICYD=/path/to/policyd (meson sets it), python3 and setpriv.
+# Needs: root, POLICYD and POLICYCTL (paths; meson sets them), python3 and
+# setpriv.
 # Creates, if missing, the system user policyd-test-nopriv (never removed:
 # it owns nothing outside the lab; test_policyctl.sh uses it too).
 
@@ -21,11 +24,12 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lab.sh
 . "$HERE/lab.sh"
 
-if [[ -z ${POLICYD:-} || ${POLICYD:-} == fake ]]; then
-	echo "1..0 # SKIP POLICYD must name the policyd binary"
+if [[ -z ${POLICYD:-} || ${POLICYD:-} == fake || -z ${POLICYCTL:-} ]]; then
+	echo "1..0 # SKIP POLICYD and POLICYCTL must name the binaries"
 	exit 0
 fi
 [[ $POLICYD == /* ]] || POLICYD=$PWD/$POLICYD
+[[ $POLICYCTL == /* ]] || POLICYCTL=$PWD/$POLICYCTL
 export POLICYD
 
 lab_skip_unless_possible
@@ -36,7 +40,7 @@ for tool in python3 setpriv; do
 	fi
 done
 lab_install_traps
-echo "1..17"
+echo "1..19"
 
 NOPRIV=policyd-test-nopriv
 id "$NOPRIV" >/dev/null 2>&1 || useradd -M -r -s /usr/sbin/nologin "$NOPRIV"
@@ -67,6 +71,7 @@ state_dir = $ROOT/policyd
 user = $NOPRIV
 log = stderr
 hooks = rcpt, eom
+${EXTRA_SERVER:-}
 
 [limit per-account-recipients]
 key = sasl_username
@@ -74,6 +79,7 @@ count = recipients
 rate = 2/1h
 action = defer
 reply = ${2:-Too many recipients}
+${EXTRA_SECTIONS:-}
 EOF
 }
 CONF=$LAB/policyd.conf # outside the chroot
@@ -196,8 +202,32 @@ else
 		"exit $rc, owner $owner" "$(ls -la "$ROOT/policyd" 2>&1)"
 fi
 
-# 11-14. restart with the file inside the chroot: counts kept, SIGHUP works
-mkdir -p "$ROOT/etc/policyd"
+# 11-14. restart with the file inside the chroot: counts kept, SIGHUP works;
+# now with a control socket outside the chroot and, when a static program
+# can be built, a lockout command inside it
+mkdir -p "$ROOT/etc/policyd" "$ROOT/bin" "$ROOT/hook-out"
+chown "$NOPRIV" "$ROOT/hook-out"
+cat >"$LAB/lock.c" <<'C'
+#include <stdio.h>
+#include <stdlib.h>
+int main(int argc, char **argv)
+{
+	const char *ev = getenv("POLICYD_EVIDENCE_FILE");
+	FILE *o = fopen("/hook-out/ran", "a"), *e = ev ? fopen(ev, "r") : NULL;
+	if (o == NULL)
+		return 3;
+	fprintf(o, "argc=%d argv0=%s account=%s evidence=%s readable=%s\n", argc, argv[0],
+	        getenv("POLICYD_ACCOUNT"), ev ? ev : "-", e ? "yes" : "no");
+	return fclose(o) != 0;
+}
+C
+HAVE_LOCK=0
+if cc -static -O1 -o "$ROOT/bin/lock" "$LAB/lock.c" 2>"$LAB/cc.log"; then
+	HAVE_LOCK=1
+	EXTRA_SECTIONS="[flags]
+lockout_command = $ROOT/bin/lock"
+fi
+EXTRA_SERVER="control = unix:$LAB/run/control.sock"
 CONF=$ROOT/etc/policyd/policyd.conf
 write_conf "$CONF"
 chmod 0644 "$CONF"
@@ -236,7 +266,34 @@ else
 		"reply: $R" "$(grep -E 'reload|error' "$LAB/policyd.log" | tail -n 5)"
 fi
 
-# 15. a reloaded file naming a path outside the chroot is refused, the
+# 15-16. policyctl over a control socket outside the chroot; the lockout
+# command runs inside it, as the user, with its evidence file
+out=$("$POLICYCTL" -c "$CONF" flag mallory --reason "chroot test" 2>&1)
+rc=$?
+if ((rc == 0)); then
+	tap_ok "policyctl flags an account through the control socket bound outside the chroot"
+else
+	tap_not_ok "policyctl flags an account through the control socket bound outside the chroot" \
+		"exit $rc: $out"
+fi
+if ((HAVE_LOCK == 0)); then
+	tap_ok "# SKIP cc -static cannot build the lockout command: $(head -n 1 "$LAB/cc.log")"
+else
+	for _ in $(seq 50); do
+		grep -q 'event=hook .*account=mallory .*result=' "$LAB/policyd.log" && break
+		sleep 0.1
+	done
+	ran=$(cat "$ROOT/hook-out/ran" 2>&1)
+	if [[ $ran =~ ^argc=1\ argv0=/bin/lock\ account=mallory\ evidence=/policyd/hooks/[^\ ]+\.evidence\ readable=yes$ ]] &&
+		grep -q 'event=hook .*account=mallory .*exit=0 .*result=done' "$LAB/policyd.log"; then
+		tap_ok "the lockout command runs inside the chroot (as /bin/lock) and reads its evidence file"
+	else
+		tap_not_ok "the lockout command runs inside the chroot (as /bin/lock) and reads its evidence file" \
+			"ran: $ran" "$(grep -E 'hook|flag' "$LAB/policyd.log" | tail -n 5)"
+	fi
+fi
+
+# 17. a reloaded file naming a path outside the chroot is refused, the
 # running config kept
 sed -i "s#^state_dir = .*#state_dir = $LAB/state#" "$CONF"
 kill -HUP "${POLICYD_PID:-0}"
@@ -253,16 +310,16 @@ else
 		"answer: $out" "$(tail -n 5 "$LAB/policyd.log")"
 fi
 
-# 16. stop: exit 0
+# 18. stop: exit 0
 if policyd_stop; then
 	tap_ok "SIGTERM: policyd exits 0"
 else
 	tap_not_ok "SIGTERM: policyd exits 0" "$(tail -n 10 "$LAB/policyd.log")"
 fi
 
-# 17. no error or warning was logged other than the ones provoked above
+# 19. no error or warning was logged other than the ones provoked above
 bad=$(grep -E 'policyd: (error|warning):' "$LAB/policyd.log" |
-	grep -vE 'reload refused|reload failed|cannot remove')
+	grep -vE 'reload refused|reload failed|event=flag account=mallory')
 if [[ -z $bad ]]; then
 	tap_ok "no other error or warning in policyd's log"
 else

@@ -1331,6 +1331,7 @@ static void test_chroot_paths(void **state)
 	assert_null(chroot_root());
 	assert_string_equal(chroot_path("/var/spool/postfix/policyd"),
 	                    "/var/spool/postfix/policyd");
+	assert_true(chroot_reachable("/run/policyd/control.sock"));
 }
 
 int main(void)
