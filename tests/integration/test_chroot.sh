@@ -10,7 +10,8 @@
 # listener (through Postfix) and the inet one (raw requests); counts kept in
 # the state_dir inside DIR across a restart; SIGHUP refused (with a log
 # line) while the config file lies outside DIR, and applied when it lies
-# inside; a control socket outside DIR (bound before the chroot) and a
+# inside; a control socket outside DIR (bound before the chroot; its
+# control_group kept across a reload, with no group database inside) and a
 # lockout command inside it, run chrooted with its evidence file (a small
 # static program built here with cc -static; SKIP without it).  TAP on stdout.
 #
@@ -231,7 +232,8 @@ if cc -static -O1 -o "$ROOT/bin/lock" "$LAB/lock.c" 2>"$LAB/cc.log"; then
 	EXTRA_SECTIONS="[flags]
 lockout_command = $ROOT/bin/lock"
 fi
-EXTRA_SERVER="control = unix:$LAB/run/control.sock"
+EXTRA_SERVER="control = unix:$LAB/run/control.sock
+control_group = postfix"
 CONF=$ROOT/etc/policyd/policyd.conf
 write_conf "$CONF"
 chmod 0644 "$CONF"
