@@ -414,6 +414,7 @@ struct rd_store {
 	enum store_redis_failure failure;
 	struct store *fallback;
 	void (*log)(int level, const char *msg);
+	const char *(*map_path)(const char *path); /* NULL: none (see the opts) */
 	bool cluster;
 	bool closing;
 
@@ -1135,7 +1136,8 @@ static void rd_node_connect(struct rd_node *n)
 	if (s->closing || n->ac)
 		return;
 	redisAsyncContext *ac =
-	    n->is_unix ? redisAsyncConnectUnix(n->host) : redisAsyncConnect(n->host, (int)n->port);
+	    n->is_unix ? redisAsyncConnectUnix(s->map_path ? s->map_path(n->host) : n->host)
+	               : redisAsyncConnect(n->host, (int)n->port);
 	if (ac == NULL) {
 		rd_node_down(n, "connect: out of memory");
 		return;
@@ -3345,6 +3347,7 @@ struct store *store_redis_open(struct ev_loop *loop, const struct store_redis_op
 	s->failure = o->failure;
 	s->fallback = o->fallback;
 	s->log = o->log;
+	s->map_path = o->map_path;
 	store_redis_url_format(&s->url, s->display, sizeof(s->display));
 	s->conn_to = (o->connect_timeout_ms ? o->connect_timeout_ms : 1000) / 1000.0;
 	s->cmd_to = (o->command_timeout_ms ? o->command_timeout_ms : 200) / 1000.0;

@@ -105,6 +105,9 @@ struct store_redis_opts {
 	enum store_redis_failure failure;
 	struct store *fallback;                  /* failure local: the embedded store (not owned) */
 	void (*log)(int level, const char *msg); /* NULL: no log */
+	/* redis+unix: the socket path to connect to now (policyd's chroot
+	 * strips its root after the start); NULL: the URL's path */
+	const char *(*map_path)(const char *path);
 };
 
 /*

@@ -13,6 +13,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <ini.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@
 #include "proto/reply.h"
 #include "proto/request.h"
 #include "cache/store_redis.h"
+#include "chroot.h"
 #include "config_section.h"
 #include "verdict.h"
 
@@ -486,6 +488,28 @@ static int config_server(struct config_ctx *x, const char *name, const char *v)
 		}
 		free(*dst);
 		*dst = config_strdup(v);
+	} else if (!strcmp(name, "chroot")) {
+		char d[CHROOT_DIR_MAX];
+		size_t len = strlen(v);
+		if (v[0] != '/' || len >= sizeof(d) || strstr(v, "/../") || strstr(v, "/./") ||
+		    strstr(v, "//") || (len >= 3 && !strcmp(v + len - 3, "/..")) ||
+		    (len >= 2 && !strcmp(v + len - 2, "/.")) || strpbrk(v, " \t")) {
+			config_seterr(
+			    x,
+			    "chroot: '%s' is not a plain absolute directory path (no . or "
+			    ".., at most %d bytes)",
+			    v, CHROOT_DIR_MAX - 1);
+			return 0;
+		}
+		memcpy(d, v, len + 1);
+		while (len > 1 && d[len - 1] == '/')
+			d[--len] = '\0';
+		if (!strcmp(d, "/")) {
+			config_seterr(x, "chroot: '/' is no chroot (leave chroot out)");
+			return 0;
+		}
+		free(c->chroot);
+		c->chroot = config_strdup(d);
 	} else if (!strcmp(name, "socket_mode")) {
 		char *end;
 		unsigned long m = strtoul(v, &end, 8);
@@ -940,7 +964,7 @@ static int config_norm_subject(const struct config *c, const struct rule *r, con
 
 static int config_load_overrides(struct config *c, struct rule *r, char *err, size_t errsz)
 {
-	FILE *fp = fopen(r->overrides_path, "r");
+	FILE *fp = fopen(chroot_path(r->overrides_path), "r");
 	char line[1024];
 	unsigned lineno = 0;
 	size_t cap = 0;
@@ -1055,6 +1079,48 @@ static bool config_metrics_loopback(const char *ep)
 	return true;
 }
 
+/* chroot = DIR: the [server] paths used after the chroot must lie under
+ * DIR (chroot.h); the modules check theirs in their section's check. */
+static int config_check_chroot(struct config *c, char *err, size_t errsz)
+{
+	char cerr[400];
+	if (c->chroot == NULL)
+		return 0;
+	if (c->user == NULL) {
+		snprintf(err, errsz,
+		         "%s: chroot = %s needs user = (root can leave a chroot): name the "
+		         "unprivileged user policyd drops to",
+		         c->path, c->chroot);
+		return -1;
+	}
+	if (chroot_root()) {
+		c->chroot_reload = true; /* read again from inside: it is under the root */
+	} else {
+		char abs[PATH_MAX];
+		c->chroot_reload = realpath(c->path, abs) && chroot_under(c->chroot, abs);
+	}
+	if (chroot_check_path(c, "state_dir", c->state_dir, cerr, sizeof(cerr)) < 0)
+		goto fail;
+	if (strncmp(c->store, "redis+unix://", 13) == 0) {
+		struct store_redis_url u;
+		char uerr[200];
+		if (store_redis_url_parse(c->store, &u, uerr, sizeof(uerr)) == 0 &&
+		    chroot_check_path(c, "store (its socket)", u.path, cerr, sizeof(cerr)) < 0)
+			goto fail;
+	}
+	for (size_t i = 0; i < c->nrules; i++) {
+		char name[CONFIG_NAME_MAX + 32];
+		snprintf(name, sizeof(name), "[limit %s] overrides", c->rules[i].name);
+		if (chroot_check_reread(c, name, c->rules[i].overrides_path, cerr, sizeof(cerr)) <
+		    0)
+			goto fail;
+	}
+	return 0;
+fail:
+	snprintf(err, errsz, "%s: %s", c->path, cerr);
+	return -1;
+}
+
 struct config *config_load(const char *path, char *err, size_t errsz)
 {
 	struct config_ctx x;
@@ -1096,7 +1162,7 @@ struct config *config_load(const char *path, char *err, size_t errsz)
 		if (config_sections[i]->defaults)
 			config_sections[i]->defaults(c->section[i]);
 	}
-	x.fp = fopen(path, "r");
+	x.fp = fopen(chroot_path(path), "r"); /* inside the chroot on a reload */
 	if (x.fp == NULL) {
 		snprintf(err, errsz, "%s: %s", path, strerror(errno));
 		config_free(c);
@@ -1144,6 +1210,10 @@ struct config *config_load(const char *path, char *err, size_t errsz)
 		config_free(c);
 		return NULL;
 	}
+	if (config_check_chroot(c, err, errsz) < 0) {
+		config_free(c);
+		return NULL;
+	}
 	for (int i = 0; config_sections[i]; i++) {
 		char merr[256];
 		if (config_sections[i]->check &&
@@ -1175,6 +1245,7 @@ void config_free(struct config *c)
 	free(c->pid_file);
 	free(c->user);
 	free(c->group);
+	free(c->chroot);
 	free(c->socket_group);
 	free(c->log_target);
 	free(c->log_facility);

@@ -20,6 +20,7 @@
 #define CONFIG_MAX_NETS     256
 #define CONFIG_NAME_MAX     64
 #define CONFIG_MAX_SECTIONS 16
+#define CHROOT_DIR_MAX      256 /* bytes of `chroot = DIR`, with the NUL */
 
 enum verdict_action {
 	ACT_DUNNO = 0,
@@ -79,6 +80,8 @@ struct config {
 	char *pid_file;
 	char *user;         /* drop privileges to this user after binding (NULL: stay) */
 	char *group;        /* and this group (default: the user's) */
+	char *chroot;       /* chroot into this directory after start (chroot.h), NULL: none */
+	bool chroot_reload; /* chroot: this file lies under it, so SIGHUP can read it again */
 	char *log_target;   /* stderr | syslog */
 	char *log_facility; /* mail */
 	int log_decisions;  /* 0 none, 1 actions only, 2 all */

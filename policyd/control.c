@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chroot.h"
 #include "config.h"
 #include "flag.h"
 #include "held.h"
@@ -1653,6 +1654,18 @@ static void control_reload(struct module_ctx *m, const struct config *cfg)
 		log_warn("control changed in %s: restart policyd to apply it (still on %s)",
 		         cfg->path, ctl->path[0] ? ctl->path : "nothing");
 	char err[200];
+	/* chrooted: no group database inside; the group resolved at start stays */
+	if (ctl->lfd >= 0 && chroot_root()) {
+		bool same = cfg->control_group
+		                ? ctl->have_gid && !strcmp(cfg->control_group, ctl->group)
+		                : !ctl->have_gid;
+		if (!same)
+			log_warn(
+			    "control_group changed in %s: restart policyd to apply it (the group "
+			    "database is not inside chroot %s; still %s)",
+			    cfg->path, chroot_root(), ctl->have_gid ? ctl->group : "none");
+		return;
+	}
 	if (ctl->lfd >= 0 && control_resolve_group(ctl, cfg, err, sizeof(err)) < 0)
 		log_warn("control: %s: only root and policyd's uid are admitted now", err);
 	else if (ctl->lfd >= 0 && ctl->have_gid && chown(ctl->path, (uid_t)-1, ctl->gid) < 0)
@@ -1668,7 +1681,9 @@ static void control_stop(struct module_ctx *m)
 		ev_io_stop(m->loop, &ctl->lw);
 		close(ctl->lfd);
 		ctl->lfd = -1;
-		if (unlink(ctl->path) < 0 && errno != ENOENT)
+		/* a socket outside the chroot stays (replaced at the next start) */
+		if (chroot_reachable(ctl->path) && unlink(chroot_path(ctl->path)) < 0 &&
+		    errno != ENOENT)
 			log_warn("control: cannot remove %s: %s", ctl->path, strerror(errno));
 	}
 	ctl->path[0] = '\0';

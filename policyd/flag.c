@@ -42,6 +42,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chroot.h"
 #include "config_section.h"
 #include "hook.h"
 #include "key.h"
@@ -324,7 +325,6 @@ static int flag_cfg_set(void *blk, const char *name, const char *v, char *err, s
 static int flag_cfg_check(void *blk, const struct config *cfg, char *err, size_t errsz)
 {
 	struct flag_config *c = blk;
-	(void)cfg;
 	if (c->lockout_args && !c->lockout_command) {
 		snprintf(err, errsz, "lockout_args without lockout_command");
 		return -1;
@@ -336,12 +336,15 @@ static int flag_cfg_check(void *blk, const struct config *cfg, char *err, size_t
 			         c->lockout_command);
 			return -1;
 		}
-		if (stat(c->lockout_command, &st) < 0) {
+		if (chroot_check_path(cfg, "lockout_command", c->lockout_command, err, errsz) < 0)
+			return -1;
+		const char *cmd = chroot_path(c->lockout_command); /* on a reload, chrooted */
+		if (stat(cmd, &st) < 0) {
 			snprintf(err, errsz, "lockout_command: %s: %s", c->lockout_command,
 			         strerror(errno));
 			return -1;
 		}
-		if (!S_ISREG(st.st_mode) || access(c->lockout_command, X_OK) < 0) {
+		if (!S_ISREG(st.st_mode) || access(cmd, X_OK) < 0) {
 			snprintf(err, errsz, "lockout_command: %s: not an executable file",
 			         c->lockout_command);
 			return -1;

@@ -33,6 +33,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "chroot.h"
+
 #define FOLLOW_TAIL         256 /* bytes before the offset that the position hash covers */
 #define FOLLOW_DEF_MAX_LINE 8192
 #define FOLLOW_DEF_SLICE    (16u << 10)
@@ -240,7 +242,7 @@ static void follow_close_fd(struct follow *f)
 static int follow_open_path(struct follow *f, const char *path)
 {
 	struct stat sb;
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	int fd = open(chroot_path(path), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (fd < 0)
 		return -1;
 	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
@@ -328,7 +330,7 @@ static void follow_first_open(struct follow *f, const struct follow_opts *o)
 	struct stat sb;
 
 	if (r && r->ino) {
-		if (stat(f->path, &sb) == 0 && (uint64_t)sb.st_dev == r->dev &&
+		if (stat(chroot_path(f->path), &sb) == 0 && (uint64_t)sb.st_dev == r->dev &&
 		    (uint64_t)sb.st_ino == r->ino) {
 			if (follow_open_path(f, f->path) < 0) {
 				follow_notef(f, FOLLOW_N_ERROR, "%s: %s", f->path, strerror(errno));
@@ -350,7 +352,8 @@ static void follow_first_open(struct follow *f, const struct follow_opts *o)
 			return; /* from 0 */
 		}
 		char old[4096];
-		if (follow_find_rotated(f->path, r->dev, r->ino, old, sizeof(old)) == 0 &&
+		if (follow_find_rotated(chroot_path(f->path), r->dev, r->ino, old, sizeof(old)) ==
+		        0 &&
 		    follow_open_path(f, old) == 0) {
 			if (fstat(f->fd, &sb) == 0 && (uint64_t)sb.st_size >= r->offset &&
 			    follow_tail_matches(f->fd, r->offset, r->line_len, r->line_hash) &&
@@ -421,6 +424,12 @@ static void follow_check(struct follow *f)
 
 	if (f->kind != FK_FILE || f->done)
 		return;
+	/* chrooted since the start: watch the path as it is named inside */
+	if (f->st.path != chroot_path(f->path)) {
+		ev_stat_stop(f->loop, &f->st);
+		ev_stat_set(&f->st, chroot_path(f->path), 0.);
+		ev_stat_start(f->loop, &f->st);
+	}
 	if (f->fd < 0) {
 		if (follow_open_path(f, f->path) == 0) {
 			if (f->path_gone)
@@ -462,7 +471,7 @@ static void follow_check(struct follow *f)
 			f->chk_len = l;
 		}
 	}
-	if (stat(f->path, &ps) < 0) {
+	if (stat(chroot_path(f->path), &ps) < 0) {
 		if (errno == ENOENT && !f->path_gone) {
 			f->path_gone = true;
 			f->stats.deletions++;
@@ -923,8 +932,8 @@ void follow_free(struct follow *f)
 			ev_stat_stop(f->loop, &f->st);
 		ev_io_stop(f->loop, &f->io);
 	}
-	if (f->kind == FK_SOCKET && f->fd >= 0)
-		unlink(f->path);
+	if (f->kind == FK_SOCKET && f->fd >= 0 && chroot_reachable(f->path))
+		unlink(chroot_path(f->path));
 	follow_close_fd(f);
 	free(f->buf);
 	free(f->dgram);

@@ -45,6 +45,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chroot.h"
 #include "log.h"
 #include "verdict.h"
 
@@ -633,16 +634,17 @@ static int hook_write_evidence(struct hook_job *j, char *err, size_t errsz)
 {
 	char name[FLAG_ID_MAX + 16], head[1024];
 	struct stat st;
-	if (mkdir(H.set.dir, 0700) < 0 && errno != EEXIST) {
-		snprintf(err, errsz, "%s: %s", H.set.dir, strerror(errno));
+	const char *dir = chroot_path(H.set.dir); /* the command runs chrooted too */
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+		snprintf(err, errsz, "%s: %s", dir, strerror(errno));
 		return -1;
 	}
-	if (lstat(H.set.dir, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid()) {
-		snprintf(err, errsz, "%s: not a directory of ours", H.set.dir);
+	if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid()) {
+		snprintf(err, errsz, "%s: not a directory of ours", dir);
 		return -1;
 	}
 	hook_safe_name(name, sizeof(name), j->id);
-	snprintf(j->evpath, sizeof(j->evpath), "%s/%s.evidence", H.set.dir, name);
+	snprintf(j->evpath, sizeof(j->evpath), "%s/%s.evidence", dir, name);
 	int fd = open(j->evpath, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		snprintf(err, errsz, "%s: %s", j->evpath, strerror(errno));
@@ -726,7 +728,7 @@ static void hook_spawn(struct hook_job *j)
 		hook_spawn_failed(j, err);
 		return;
 	}
-	argv[0] = H.set.command;
+	argv[0] = (char *)chroot_path(H.set.command);
 	for (int i = 0; i < nw; i++) {
 		if (!hook_expand(words[i], val, xbuf[i], sizeof(xbuf[i]))) {
 			hook_spawn_failed(j, "lockout_args: an argument is too long once expanded");
@@ -779,7 +781,10 @@ static void hook_spawn(struct hook_job *j)
 	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
 		sigaddset(&dflt, sigs[i]);
 	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	if (chroot_devnull() >= 0) /* no /dev/null inside a chroot */
+		posix_spawn_file_actions_adddup2(&fa, chroot_devnull(), 0);
+	else
+		posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
 	posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
 	posix_spawn_file_actions_adddup2(&fa, pfd[1], 2);
 	posix_spawn_file_actions_addclosefrom_np(&fa, 3);
@@ -791,7 +796,7 @@ static void hook_spawn(struct hook_job *j)
 	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
 	                                  POSIX_SPAWN_SETPGROUP);
 	pid_t pid;
-	int rc = posix_spawn(&pid, H.set.command, &fa, &at, argv, envp);
+	int rc = posix_spawn(&pid, argv[0], &fa, &at, argv, envp);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&at);
 	close(pfd[1]);

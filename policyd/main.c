@@ -6,11 +6,13 @@
 #include <dirent.h>
 #include <errno.h>
 #include <grp.h>
+#include <limits.h>
 #include <pwd.h>
 #include <ev.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,7 @@
 
 #include "cache/store.h"
 #include "cache/store_redis.h"
+#include "chroot.h"
 #include "config.h"
 #include "limit.h"
 #include "log.h"
@@ -72,6 +75,11 @@ static void usage(FILE *fp)
 	        "running one kept; counters are kept); SIGTERM or SIGINT finish requests in\n"
 	        "flight, save the state and exit 0.\n"
 	        "\n"
+	        "chroot = DIR in [server] (needs root): policyd chroots into DIR once the\n"
+	        "listeners, the log and the resolver are open, then drops to user.  Paths in\n"
+	        "the file are outside paths; those used afterwards must lie under DIR (-t\n"
+	        "names one that does not); SIGHUP works only when FILE itself lies under DIR.\n"
+	        "\n"
 	        "Postfix main.cf (see contrib/postfix/):\n"
 	        "  smtpd_recipient_restrictions = ..., reject_unauth_destination,\n"
 	        "      check_policy_service { inet:127.0.0.1:10031, default_action=DUNNO }\n"
@@ -85,6 +93,12 @@ static void print_summary(const struct config *c)
 	for (size_t i = 0; i < c->nlisten; i++)
 		printf("  listen %s\n", c->listen[i]);
 	printf("  store %s, state_dir %s\n", c->store, c->state_dir[0] ? c->state_dir : "(none)");
+	if (c->chroot && c->chroot_reload)
+		printf("  chroot %s (SIGHUP re-reads %s inside it)\n", c->chroot, c->path);
+	else if (c->chroot)
+		printf("  chroot %s (SIGHUP is refused: %s lies outside it; restart to apply a "
+		       "change)\n",
+		       c->chroot, c->path);
 	printf("  hooks%s%s%s\n", c->hooks & HOOK_RCPT ? " rcpt" : "",
 	       c->hooks & HOOK_DATA ? " data" : "", c->hooks & HOOK_EOM ? " eom" : "");
 	for (size_t i = 0; i < c->nrules; i++) {
@@ -114,6 +128,13 @@ static void on_hup(struct ev_loop *loop, ev_signal *w, int revents)
 	struct app *a = w->data;
 	char err[512];
 	struct config *old = server_config(a->srv);
+	const char *root = chroot_root();
+	if (root && !chroot_under(root, a->config_path)) {
+		log_err("reload refused: %s lies outside chroot %s and cannot be read again; "
+		        "restart policyd to apply a new configuration (or keep the file under %s)",
+		        a->config_path, root, root);
+		return;
+	}
 	struct config *c = config_load(a->config_path, err, sizeof(err));
 	if (c == NULL) {
 		log_err("reload failed, keeping the running configuration: %s", err);
@@ -121,6 +142,10 @@ static void on_hup(struct ev_loop *loop, ev_signal *w, int revents)
 	}
 	if (strcmp(c->store, old->store) || strcmp(c->state_dir, old->state_dir))
 		log_warn("store or state_dir changed in %s: restart policyd to apply it", c->path);
+	if ((c->chroot == NULL) != (old->chroot == NULL) ||
+	    (c->chroot && strcmp(c->chroot, old->chroot)) ||
+	    (c->user == NULL) != (old->user == NULL) || (c->user && strcmp(c->user, old->user)))
+		log_warn("chroot or user changed in %s: restart policyd to apply it", c->path);
 	if (server_reload(a->srv, c) < 0) {
 		log_err("reload refused: too many reloads while requests wait for the store; "
 		        "try again in a moment");
@@ -178,10 +203,19 @@ static int detach(void)
 	return 0;
 }
 
-/* Drop root for cfg->user/group after the listeners are bound; the
- * state_dir is handed over to that user first. 0 or -1 with err. */
-static int drop_privileges(const struct config *cfg, char *err, size_t errsz)
+/* Who to become: looked up before the chroot (no /etc/passwd inside). */
+struct privs {
+	bool drop;
+	uid_t uid;
+	gid_t gid;
+};
+
+/* Prepare to drop root for cfg->user/group after the listeners are bound:
+ * look the names up and hand the state_dir over to that user.  Before the
+ * chroot.  0 or -1 with err. */
+static int prepare_privileges(const struct config *cfg, struct privs *pv, char *err, size_t errsz)
 {
+	memset(pv, 0, sizeof(*pv));
 	if (cfg->user == NULL)
 		return 0;
 	struct passwd *pw = getpwnam(cfg->user);
@@ -204,6 +238,9 @@ static int drop_privileges(const struct config *cfg, char *err, size_t errsz)
 		snprintf(err, errsz, "user = %s needs policyd to start as root", cfg->user);
 		return -1;
 	}
+	pv->drop = true;
+	pv->uid = pw->pw_uid;
+	pv->gid = gid;
 	if (cfg->state_dir[0] && chown(cfg->state_dir, pw->pw_uid, gid) < 0) {
 		snprintf(err, errsz, "chown %s: %s", cfg->state_dir, strerror(errno));
 		return -1;
@@ -218,7 +255,16 @@ static int drop_privileges(const struct config *cfg, char *err, size_t errsz)
 				               AT_SYMLINK_NOFOLLOW);
 		closedir(d);
 	}
-	if (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(pw->pw_uid) < 0) {
+	return 0;
+}
+
+/* Become the user prepared above (after the chroot).  0 or -1 with err. */
+static int drop_privileges(const struct config *cfg, const struct privs *pv, char *err,
+                           size_t errsz)
+{
+	if (!pv->drop)
+		return 0;
+	if (setgroups(0, NULL) < 0 || setgid(pv->gid) < 0 || setuid(pv->uid) < 0) {
 		snprintf(err, errsz, "dropping privileges to %s: %s", cfg->user, strerror(errno));
 		return -1;
 	}
@@ -258,6 +304,7 @@ static struct store *open_store(const struct config *cfg, struct ev_loop *loop,
 	    .failure = (enum store_redis_failure)cfg->redis_failure,
 	    .fallback = *fallback,
 	    .log = store_log,
+	    .map_path = chroot_path,
 	};
 	struct store *s = store_redis_open(loop, &ro, err, errsz);
 	if (s == NULL && *fallback) {
@@ -342,6 +389,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "policyd: %s\n", err);
 		return 1;
 	}
+	/* chrooted, SIGHUP reads the file again by its absolute path */
+	char config_abs[PATH_MAX];
+	if (cfg->chroot && !check && !replay && realpath(path, config_abs) != NULL)
+		a.config_path = config_abs;
 	if (check) {
 		/* what only shows at start: names that must exist on this host */
 		const char *missing = NULL;
@@ -375,6 +426,14 @@ int main(int argc, char **argv)
 		}
 		config_free(cfg);
 		return rrc;
+	}
+	if (cfg->chroot && geteuid() != 0) {
+		fprintf(stderr,
+		        "policyd: %s: chroot = %s needs policyd to start as root (it chroots, "
+		        "then drops to user)\n",
+		        path, cfg->chroot);
+		config_free(cfg);
+		return 1;
 	}
 	if (daemonize && strcmp(cfg->log_target, "stderr") == 0) {
 		fprintf(stderr, "policyd: -d with log = stderr would lose every log line; "
@@ -458,7 +517,16 @@ int main(int argc, char **argv)
 		}
 		a.nstarted++;
 	}
-	if (drop_privileges(cfg, err, sizeof(err)) < 0) {
+	/* everything read from outside is open: look the user up, chroot, drop */
+	struct privs pv;
+	tzset(); /* /etc/localtime is not inside the chroot */
+	int prc = prepare_privileges(cfg, &pv, err, sizeof(err));
+	if (prc == 0 && cfg->chroot) {
+		prc = chroot_enter(cfg->chroot, err, sizeof(err));
+		if (prc == 0)
+			log_info("event=chroot dir=%s", cfg->chroot);
+	}
+	if (prc < 0 || drop_privileges(cfg, &pv, err, sizeof(err)) < 0) {
 		log_err("%s", err);
 		fprintf(stderr, "policyd: %s\n", err);
 		while (a.nstarted-- > 0)
@@ -495,8 +563,8 @@ int main(int argc, char **argv)
 	}
 	close_stores(&a);
 	config_free(cfg);
-	if (pid_file)
-		unlink(pid_file);
+	if (pid_file && chroot_reachable(pid_file))
+		unlink(chroot_path(pid_file)); /* outside a chroot: left, like a stale one */
 	free(pid_file);
 	ev_loop_destroy(loop);
 	log_close();

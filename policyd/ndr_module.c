@@ -34,6 +34,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chroot.h"
+#include "config_section.h"
 #include "control.h"
 #include "flag.h"
 #include "follow.h"
@@ -599,11 +601,21 @@ static int ndr_cfg_set(void *blk, const char *name, const char *v, char *err, si
 static int ndr_cfg_check(void *blk, const struct config *cfg, char *err, size_t errsz)
 {
 	struct ndr_conf *c = blk;
-	(void)cfg;
 	if (c->log_file[0] && c->log_socket[0] && !strcmp(c->log_file, c->log_socket)) {
 		snprintf(err, errsz, "log_file and log_socket name the same path");
 		return -1;
 	}
+	/* chroot: the followed log is reopened after a rotation, the queue
+	 * counted and hold_command run, all inside it (chroot.h) */
+	if (!config_section_present(cfg, &ndr_config_section))
+		return 0;
+	if (chroot_check_path(cfg, "log_file", c->log_file, err, errsz) < 0 ||
+	    chroot_check_path(cfg, "queue_dir", c->queue_dir, err, errsz) < 0 ||
+	    chroot_check_path(cfg, "hold_command", c->hold_command, err, errsz) < 0)
+		return -1;
+	for (size_t i = 0; i < c->npatterns; i++)
+		if (chroot_check_reread(cfg, "patterns", c->patterns[i], err, errsz) < 0)
+			return -1;
 	return 0;
 }
 
@@ -786,14 +798,11 @@ static int ndr_spawn(struct ndr_mod *md, const char *what, char *const argv[],
 	}
 	if (pid == 0) {
 		dup2(pfd[0], 0);
-		int nul = open("/dev/null", O_WRONLY);
-		if (nul >= 0) {
+		int nul = chroot_devnull(); /* opened before the chroot */
+		if (nul >= 0)
 			dup2(nul, 1);
-			if (nul > 1)
-				close(nul);
-		}
 		signal(SIGPIPE, SIG_DFL);
-		execve(argv[0], argv, envp);
+		execve(chroot_path(argv[0]), argv, envp);
 		_exit(127);
 	}
 	free(envp);
@@ -1126,7 +1135,8 @@ static void ndr_save_now(struct ndr_mod *md, bool sync)
 			ev_child_stop(md->loop, &md->save_cw);
 			md->save_pid = 0;
 		}
-		if (ndr_save(md->nd, md->state_path, &pos, sizeof(pos), err, sizeof(err)) < 0)
+		if (ndr_save(md->nd, chroot_path(md->state_path), &pos, sizeof(pos), err,
+		             sizeof(err)) < 0)
 			log_err("event=ndr_save error=\"%s\"", err);
 		return;
 	}
@@ -1135,12 +1145,14 @@ static void ndr_save_now(struct ndr_mod *md, bool sync)
 	pid_t pid = fork();
 	if (pid < 0) {
 		log_warn("event=ndr_save fork: %s: writing inline", strerror(errno));
-		if (ndr_save(md->nd, md->state_path, &pos, sizeof(pos), err, sizeof(err)) < 0)
+		if (ndr_save(md->nd, chroot_path(md->state_path), &pos, sizeof(pos), err,
+		             sizeof(err)) < 0)
 			log_err("event=ndr_save error=\"%s\"", err);
 		return;
 	}
 	if (pid == 0) {
-		int rc = ndr_save(md->nd, md->state_path, &pos, sizeof(pos), err, sizeof(err));
+		int rc = ndr_save(md->nd, chroot_path(md->state_path), &pos, sizeof(pos), err,
+		                  sizeof(err));
 		if (rc < 0)
 			fprintf(stderr, "policyd: ndr state: %s\n", err);
 		_exit(rc < 0 ? 1 : 0);
@@ -1300,7 +1312,7 @@ static void ndr_on_queue(struct ev_loop *loop, ev_timer *w, int revents)
 		int ok = 1;
 		close(pfd[0]);
 		for (int i = 0; i < 4; i++) {
-			snprintf(p, sizeof(p), "%s/%s", md->qdir, qs[i]);
+			snprintf(p, sizeof(p), "%s/%s", chroot_path(md->qdir), qs[i]);
 			if (access(p, R_OK | X_OK) != 0)
 				ok = 0;
 			v[i] = ndr_count_files(p, 0);
@@ -1367,7 +1379,7 @@ static void ndr_local_domains(struct ndr_mod *md)
 
 static int ndr_read_file(const char *path, char **buf, size_t *len, char *err, size_t errsz)
 {
-	FILE *f = fopen(path, "rb");
+	FILE *f = fopen(chroot_path(path), "rb"); /* a reload reads it inside the chroot */
 	*buf = NULL;
 	*len = 0;
 	if (f == NULL) {

@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chroot.h"
 #include "control.h"
 #include "dns.h"
 #include "log.h"
@@ -189,11 +190,13 @@ static int sc_set(void *blk, const char *name, const char *v, char *err, size_t 
 static int sc_check(void *blk, const struct config *cfg, char *err, size_t errsz)
 {
 	struct selfcheck_conf *c = blk;
-	(void)cfg;
 	if (c->nips && c->nip_lists == 0) {
 		snprintf(err, errsz, "ips are given but no ip_lists to check them against");
 		return -1;
 	}
+	/* chroot: the alert command runs inside it (chroot.h) */
+	if (chroot_check_path(cfg, "alert_command", c->alert_command, err, errsz) < 0)
+		return -1;
 	return 0;
 }
 
@@ -1212,13 +1215,14 @@ static void sc_alert(const char *what, const char *item, const char *list, const
 		return;
 	}
 	if (pid == 0) {
-		int dn = open("/dev/null", O_RDWR);
+		int dn = chroot_devnull(); /* opened before the chroot */
 		if (dn >= 0) {
 			dup2(dn, 0);
 			dup2(dn, 1);
 			dup2(dn, 2);
 		}
-		execl(c->alert_command, c->alert_command, what, item, list, code, (char *)NULL);
+		execl(chroot_path(c->alert_command), c->alert_command, what, item, list, code,
+		      (char *)NULL);
 		_exit(127);
 	}
 	ev_child_init(&S.children[slot], sc_child_cb, pid, 0);

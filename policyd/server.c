@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chroot.h"
 #include "held.h"
 #include "log.h"
 #include "metrics.h"
@@ -769,8 +770,8 @@ void server_free(struct server *s)
 	for (size_t i = 0; i < s->nls; i++) {
 		ev_io_stop(s->loop, &s->ls[i].w);
 		close(s->ls[i].w.fd);
-		if (s->ls[i].unix_path)
-			unlink(s->ls[i].unix_path);
+		if (s->ls[i].unix_path && chroot_reachable(s->ls[i].unix_path))
+			unlink(chroot_path(s->ls[i].unix_path));
 		free(s->ls[i].unix_path);
 		free(s->ls[i].name);
 	}

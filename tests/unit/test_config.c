@@ -10,7 +10,8 @@
  * [limit] names, scalars given twice, lines longer than inih's buffer;
  * config_parse_duration, config_parse_rate (suffixes, "100/h"), override
  * map files (exempt and rates, subject normalisation per key type, bad
- * lines, duplicates); listen endpoints.
+ * lines, duplicates); listen endpoints; chroot = DIR (the value, and the
+ * paths used after the chroot that must lie under it).
  *
  * Config files are temp files written by the test (mkstemp under /tmp) and
  * removed again.  contrib/postfix/policyd.conf is found through
@@ -32,6 +33,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "policyd/chroot.h"
 #include "policyd/config.h"
 #include "policyd/key.h"
 #include "policyd/server.h"
@@ -1249,6 +1251,89 @@ static void test_endpoint_port_strict(void **state)
 	                 -1);
 }
 
+/* ------------------------------------------------------------- chroot */
+
+static void test_chroot(void **state)
+{
+	(void)state;
+	/* the value: a plain absolute directory, trailing '/' dropped */
+	struct config *c = load_ok("[server]\nuser = policyd\nchroot = /var/spool/postfix/\n"
+	                           "state_dir = /var/spool/postfix/policyd\n");
+	assert_string_equal(c->chroot, "/var/spool/postfix");
+	assert_false(c->chroot_reload); /* the file is in /tmp, outside */
+	config_free(c);
+	c = load_ok("[server]\n");
+	assert_null(c->chroot);
+	config_free(c);
+	expect_error("[server]\nuser = policyd\nchroot = var/spool\n", 3,
+	             "not a plain absolute directory");
+	expect_error("[server]\nuser = policyd\nchroot = /var/../etc\n", 3,
+	             "not a plain absolute directory");
+	expect_error("[server]\nuser = policyd\nchroot = /var/spool/..\n", 3,
+	             "not a plain absolute directory");
+	expect_error("[server]\nuser = policyd\nchroot = /\n", 3, "'/' is no chroot");
+	expect_error_reason("[server]\nchroot = /var/spool/postfix\nstate_dir =\n",
+	                    "chroot = /var/spool/postfix needs user =");
+	/* paths used after the chroot must lie under it */
+	expect_error_reason("[server]\nuser = policyd\nchroot = /var/spool/postfix\n",
+	                    "state_dir = /var/lib/policyd lies outside chroot /var/spool/postfix");
+	expect_error_reason("[server]\nuser = policyd\nchroot = /var/spool/postfix\n"
+	                    "state_dir = /var/spool/postfixx/policyd\n",
+	                    "state_dir = /var/spool/postfixx/policyd lies outside");
+	expect_error_reason("[server]\nuser = policyd\nchroot = /var/spool/postfix\n"
+	                    "state_dir = /var/spool/postfix/p\n"
+	                    "store = redis+unix:///run/redis/redis.sock\n",
+	                    "store (its socket) = /run/redis/redis.sock lies outside");
+	expect_error_reason("[server]\nuser = policyd\nchroot = /var/spool/postfix\n"
+	                    "state_dir = /var/spool/postfix/p\n"
+	                    "[flags]\nlockout_command = /usr/local/bin/lock\n",
+	                    "[flags] lockout_command = /usr/local/bin/lock lies outside");
+	expect_error_reason("[server]\nuser = policyd\nchroot = /var/spool/postfix\n"
+	                    "state_dir = /var/spool/postfix/p\n"
+	                    "[ndr]\nlog_file = /var/log/mail.log\n",
+	                    "[ndr] log_file = /var/log/mail.log lies outside");
+	expect_error_reason("[server]\nuser = policyd\nchroot = /var/spool/postfix\n"
+	                    "state_dir = /var/spool/postfix/p\n"
+	                    "[selfcheck]\nalert_command = /bin/true\n",
+	                    "[selfcheck] alert_command = /bin/true lies outside");
+	/* state_dir "" (no persistence) is fine */
+	c = load_ok("[server]\nuser = policyd\nchroot = /var/spool/postfix\nstate_dir =\n");
+	config_free(c);
+	/* files read again by a reload: checked only when the file itself
+	 * lies under the chroot (here /tmp, where the test writes it) */
+	c = load_ok("[server]\nuser = policyd\nchroot = /tmp\nstate_dir = /tmp/p\n");
+	assert_true(c->chroot_reload);
+	config_free(c);
+	expect_error_reason("[server]\nuser = policyd\nchroot = /tmp\nstate_dir = /tmp/p\n"
+	                    "[limit r]\nrate = 1/1h\noverrides = /etc/policyd/r.map\n",
+	                    "[limit r] overrides = /etc/policyd/r.map lies outside chroot /tmp: "
+	                    "a reload reads it again");
+	char path[PATHSZ], err[ERRSZ];
+	write_tmp("[server]\nuser = policyd\nchroot = /var/spool/postfix\nstate_dir = "
+	          "/var/spool/postfix/p\n"
+	          "[limit r]\nrate = 1/1h\noverrides = /nonexistent/r.map\n",
+	          path);
+	assert_null(config_load(path, err, sizeof(err)));
+	unlink(path);
+	assert_non_null(strstr(err, "/nonexistent/r.map: No such file")); /* read at start only */
+}
+
+static void test_chroot_paths(void **state)
+{
+	(void)state;
+	assert_true(chroot_under("/var/spool/postfix", "/var/spool/postfix"));
+	assert_true(chroot_under("/var/spool/postfix", "/var/spool/postfix/private/policyd"));
+	assert_false(chroot_under("/var/spool/postfix", "/var/spool/postfixx"));
+	assert_false(chroot_under("/var/spool/postfix", "/var/spool"));
+	assert_false(chroot_under("/var/spool/postfix", "var/spool/postfix/x"));
+	assert_false(chroot_under("/var/spool/postfix", NULL));
+	/* not chrooted: paths are used as written */
+	assert_null(chroot_root());
+	assert_string_equal(chroot_path("/var/spool/postfix/policyd"),
+	                    "/var/spool/postfix/policyd");
+	assert_true(chroot_reachable("/run/policyd/control.sock"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1286,6 +1371,8 @@ int main(void)
 	    cmocka_unit_test(test_overrides_duplicate_line),
 	    cmocka_unit_test(test_endpoints),
 	    cmocka_unit_test(test_endpoint_port_strict),
+	    cmocka_unit_test(test_chroot),
+	    cmocka_unit_test(test_chroot_paths),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
