@@ -5,7 +5,8 @@
 #                [--loadgen PATH] [--build DIR]
 #   --duration  phase 1 length (default 1800 s)
 #   --short     every phase a few seconds (total < 90 s): the CI version
-#   --policyd   the daemon (default: BUILD/policyd/policyd)
+#   --policyd   the daemon (default: BUILD/policyd/policyd); policyctl is taken
+#               from beside it (or env POLICYCTL)
 #   --rate      open-loop req/s (default: half of a closed-loop peak measured here)
 #   --loadgen   (or env LOADGEN) the load generator (default: BUILD/tests/bench/loadgen)
 #   --build     build dir made (release) when a binary is missing (default build-soak)
@@ -57,7 +58,6 @@ fi
 [[ $policyd == /* ]] || policyd=$PWD/$policyd
 [[ $loadgen == /* ]] || loadgen=$PWD/$loadgen
 policyctl=${POLICYCTL:-$(dirname "$policyd")/policyctl}
-[[ -x $policyctl ]] || policyctl=""
 clients="python3 $here/soak_clients.py"
 
 # --short (the meson test) reports SKIP (77) where the machine cannot run it
@@ -66,6 +66,8 @@ cannot() {
 	exit $((short ? 77 : 1))
 }
 command -v python3 >/dev/null || cannot "python3 is not installed"
+# the counters come from policyctl: without it every check would read 0
+[[ -x $policyctl ]] || cannot "no policyctl at $policyctl (set POLICYCTL)"
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
 (($(ulimit -n) >= 10200)) || cannot "ulimit -n is $(ulimit -n), 10,000 connections need 10200"
 
