@@ -383,6 +383,7 @@ static int anomaly_check(void *blk, const struct config *cfg, char *err, size_t 
 
 const struct config_section anomaly_section = {
     .name = "anomaly",
+    .lists = (const char *const[]){"dnsbl", NULL},
     .size = sizeof(struct anomaly_conf),
     .defaults = anomaly_defaults,
     .set = anomaly_set,

@@ -770,9 +770,17 @@ static int config_begin_section(struct config_ctx *x, const char *section)
 	return 1;
 }
 
-/* Names that take a list: repeated and continued lines append. */
-static bool config_is_list(const char *name)
+/* Names that take a list: continued lines append ([server] and [limit]
+ * ones, and those a module section names in its `lists`). */
+static bool config_is_list(const struct config_ctx *x, const char *name)
 {
+	if (x->mod >= 0) {
+		const char *const *l = config_sections[x->mod]->lists;
+		for (; l && *l; l++)
+			if (!strcmp(*l, name))
+				return true;
+		return false;
+	}
 	return !strcmp(name, "listen") || !strcmp(name, "trusted_networks") ||
 	       !strcmp(name, "rate") || !strcmp(name, "hooks");
 }
@@ -792,7 +800,7 @@ static int config_handler(void *user, const char *section, const char *name, con
 	}
 	/* a name given twice; list names continue on indented lines */
 	bool cont = x->cont && x->nnames > 0 && !strcmp(x->names[x->nnames - 1], name);
-	if (cont && !config_is_list(name)) {
+	if (cont && !config_is_list(x, name)) {
 		config_seterr(x, "'%s' does not take a list: only lists continue on indented lines",
 		              name);
 		return 0;

@@ -24,6 +24,10 @@ struct config_section {
 	int (*check)(void *blk, const struct config *c, char *err, size_t errsz);
 	/* free what set() allocated (may be NULL) */
 	void (*free)(void *blk);
+	/* names that take a list (NULL-terminated; may be NULL): they continue
+	 * on indented lines, and set() is then called again with the whole
+	 * list so far, which it must parse afresh (replacing the last one) */
+	const char *const *lists;
 };
 
 /* The table (config_sections.c); NULL-terminated. */

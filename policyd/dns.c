@@ -231,6 +231,7 @@ static int dns_check(void *blk, const struct config *cfg, char *err, size_t errs
 
 const struct config_section dns_section = {
     .name = "dns",
+    .lists = (const char *const[]){"servers", "dns_servers", NULL},
     .size = sizeof(struct dns_conf),
     .defaults = dns_defaults,
     .set = dns_set,

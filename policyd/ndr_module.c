@@ -621,6 +621,7 @@ static int ndr_cfg_check(void *blk, const struct config *cfg, char *err, size_t 
 
 const struct config_section ndr_config_section = {
     .name = "ndr",
+    .lists = (const char *const[]){"local_domains", "our_ips", "filter_relays", "patterns", NULL},
     .size = sizeof(struct ndr_conf),
     .defaults = ndr_cfg_defaults,
     .set = ndr_cfg_set,

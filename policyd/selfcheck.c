@@ -202,6 +202,8 @@ static int sc_check(void *blk, const struct config *cfg, char *err, size_t errsz
 
 const struct config_section selfcheck_section = {
     .name = "selfcheck",
+    .lists =
+        (const char *const[]){"ips", "domains", "ip_lists", "domain_lists", "dkim_selectors", NULL},
     .size = sizeof(struct selfcheck_conf),
     .defaults = sc_defaults,
     .set = sc_set,

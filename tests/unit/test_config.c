@@ -33,8 +33,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "policyd/anomaly.h"
 #include "policyd/chroot.h"
 #include "policyd/config.h"
+#include "policyd/config_section.h"
+#include "policyd/dns.h"
+#include "policyd/ndr.h"
+#include "policyd/selfcheck.h"
 #include "policyd/key.h"
 #include "policyd/server.h"
 #include "proto/request.h"
@@ -1334,9 +1339,47 @@ static void test_chroot_paths(void **state)
 	assert_true(chroot_reachable("/run/policyd/control.sock"));
 }
 
+/* Module sections' lists continue on indented lines, as [server] ones do. */
+static void test_module_lists_continue(void **state)
+{
+	(void)state;
+	struct config *c = load_ok("[server]\n"
+	                           "[selfcheck]\n"
+	                           "ips = 192.0.2.1, 192.0.2.2\n"
+	                           "      192.0.2.3\n"
+	                           "ip_lists = zen.example, bl.example\n"
+	                           "domains = example.com\n"
+	                           "          example.net, example.org\n"
+	                           "[ndr]\n"
+	                           "our_ips = 192.0.2.0/24\n"
+	                           "  2001:db8::/32\n"
+	                           "[dns]\n"
+	                           "servers = 127.0.0.1:53\n"
+	                           "  127.0.0.2:53\n"
+	                           "[anomaly]\n"
+	                           "dnsbl = a.example\n"
+	                           "  b.example\n");
+	const struct selfcheck_conf *sc = config_section_get(c, &selfcheck_section);
+	assert_int_equal(sc->nips, 3);
+	assert_string_equal(sc->ips[2], "192.0.2.3");
+	assert_int_equal(sc->ndomains, 3);
+	assert_string_equal(sc->domains[2], "example.org");
+	const struct ndr_conf *nc = config_section_get(c, &ndr_config_section);
+	assert_int_equal(nc->nour_ips, 2);
+	const struct dns_conf *dc = config_section_get(c, &dns_section);
+	assert_non_null(strstr(dc->servers, "127.0.0.2"));
+	const struct anomaly_conf *ac = config_section_get(c, &anomaly_section);
+	assert_int_equal(ac->ndnsbl, 2);
+	config_free(c);
+	/* a name that takes no list still may not continue */
+	expect_error("[server]\n[selfcheck]\ninterval = 1h\n  2h\n", 4,
+	             "'interval' does not take a list");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_module_lists_continue),
 	    cmocka_unit_test(test_contract_config),
 	    cmocka_unit_test(test_contrib_config),
 	    cmocka_unit_test(test_defaults),
