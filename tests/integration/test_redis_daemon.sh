@@ -35,110 +35,14 @@ fi
 [[ $POLICYD == /* ]] || POLICYD=$PWD/$POLICYD
 [[ $LOADGEN == /* ]] || LOADGEN=$PWD/$LOADGEN
 
-T=$(mktemp -d /tmp/pd-redis-e2e.XXXXXX)
-PIDS=() # every process started here
-
-cleanup() {
-	local pid i alive
-	for pid in "${PIDS[@]}"; do
-		kill -CONT "$pid" 2>/dev/null
-		kill -TERM "$pid" 2>/dev/null
-	done
-	for i in $(seq 1 50); do
-		alive=0
-		for pid in "${PIDS[@]}"; do
-			kill -0 "$pid" 2>/dev/null && alive=1
-		done
-		[[ $alive == 0 ]] && break
-		sleep 0.1
-	done
-	for pid in "${PIDS[@]}"; do
-		kill -KILL "$pid" 2>/dev/null
-	done
-	if [[ -n ${KEEP_DIR:-} || ${FAILED:-0} != 0 ]]; then
-		echo "# logs kept in $T"
-	else
-		rm -rf "$T"
-	fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-N=0
-FAILED=0
-ok() { # COND-STATUS DESCRIPTION
-	N=$((N + 1))
-	if [[ $1 == 0 ]]; then
-		echo "ok $N - $2"
-	else
-		echo "not ok $N - $2"
-		FAILED=$((FAILED + 1))
-	fi
-}
-diag() { echo "# $*"; }
+PORT_LO=28000
+PORT_HI=28999
+TMP_PREFIX=pd-redis-e2e
+# shellcheck source=tests/integration/redis_lib.sh
+. "$(dirname "$0")/redis_lib.sh"
 t0=$(date +%s.%N)
 elapsed() { awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 
-USED=" "
-free_port() {
-	local p tries=0
-	while ((tries < 500)); do
-		p=$((28000 + RANDOM % 1000))
-		tries=$((tries + 1))
-		case "$USED" in *" $p "*) continue ;; esac
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null &&
-			! ss -Htan "( sport = :$p )" 2>/dev/null | grep -q .; then
-			USED="$USED$p "
-			echo "$p"
-			return 0
-		fi
-	done
-	echo "no free port in 28000-28999" >&2
-	return 1
-}
-
-forget() { # PID: reaped, never signal that number again
-	local p keep=()
-	for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-	PIDS=("${keep[@]}")
-}
-
-stop() { # PID [SIGNAL]
-	local pid=$1 i
-	kill "-${2:-TERM}" "$pid" 2>/dev/null
-	for i in $(seq 1 100); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.05
-	done
-	kill -KILL "$pid" 2>/dev/null
-	wait "$pid" 2>/dev/null
-	forget "$pid"
-}
-
-rcli() { "$REDIS_CLI" -h 127.0.0.1 -p "$@"; }
-
-wait_ping() { # PORT
-	local i
-	for i in $(seq 1 100); do
-		rcli "$1" ping 2>/dev/null | grep -q PONG && return 0
-		sleep 0.05
-	done
-	return 1
-}
-
-declare -A RPID # port -> pid
-start_redis() { # PORT [ARGS...]
-	local port=$1
-	shift
-	mkdir -p "$T/r$port"
-	"$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-		--daemonize no --dir "$T/r$port" --logfile "$T/r$port/redis.log" "$@" &
-	RPID[$port]=$!
-	PIDS+=($!)
-	wait_ping "$port"
-}
-
-declare -A PPID_ # name -> pid
 RULE=shared # the rule's name: a new one for each phase, so that it starts from no state
 write_conf() { # NAME PORT STORE FAILURE RATE
 	mkdir -p "$T/$1.state"
@@ -164,21 +68,8 @@ EOF
 }
 
 start_policyd() { # NAME PORT STORE FAILURE RATE
-	local name=$1 port=$2 i
 	write_conf "$@"
-	"$POLICYD" -c "$T/$name.conf" >>"$T/$name.log" 2>&1 </dev/null &
-	PPID_[$name]=$!
-	PIDS+=($!)
-	for i in $(seq 1 100); do
-		if ! kill -0 "${PPID_[$name]}" 2>/dev/null; then
-			diag "policyd $name exited at start:"
-			tail -n 5 "$T/$name.log" | sed 's/^/# /'
-			return 1
-		fi
-		ss -Htln "( sport = :$port )" 2>/dev/null | grep -q . && return 0
-		sleep 0.05
-	done
-	return 1
+	start_policyd_conf "$1" "$2"
 }
 
 stop_policyd() { # NAME
@@ -191,17 +82,6 @@ alive() { # NAME...
 	for n in "$@"; do
 		kill -0 "${PPID_[$n]:-0}" 2>/dev/null || return 1
 	done
-}
-
-# one policy request on a fresh connection: prints the action line
-probe() { # PORT [ACCOUNT]
-	local reply=""
-	exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
-	printf 'request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\nclient_address=127.0.0.1\nclient_name=localhost\nhelo_name=localhost\nsender=%s@example.org\nrecipient=x%s@example.net\nsasl_method=PLAIN\nsasl_username=%s\ninstance=%s.1\n\n' \
-		"${2:-probe}" "$RANDOM" "${2:-probe}" "$RANDOM" >&3
-	IFS= read -r -t 5 reply <&3
-	exec 3<&- 3>&-
-	echo "${reply#action=}"
 }
 
 # loadgen in the background: LG_PID; JSON in FILE
