@@ -122,8 +122,8 @@ struct sm_rules {
 	/* the last names seen, by address: the callers pass the same strings
 	 * (the config's rule names) again and again; a hit is still checked
 	 * by content, so a reused address cannot give a wrong index */
-	const char *cptr[8];
-	uint16_t cidx[8];
+	const char *cptr[16];
+	uint16_t cidx[16];
 };
 
 struct sm_store {
@@ -576,7 +576,7 @@ static int sm_rule_grow_map(struct sm_rules *R, const uint64_t key[2])
 
 static size_t sm_rule_cslot(const char *name)
 {
-	return ((uintptr_t)name >> 3) & 7u;
+	return (size_t)(((uint64_t)(uintptr_t)name * 0x9e3779b97f4a7c15ULL) >> 60);
 }
 
 /* The index cached for this address if it still names the same rule, or -1. */

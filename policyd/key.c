@@ -232,11 +232,19 @@ bool key_addr_in(const char *addr, const struct key_net *nets, size_t n)
 	return n > 0 && key_ip_parse(addr, &ip) == 0 && key_ip_in(&ip, nets, n);
 }
 
+/* ASCII case folding: what tolower() does in the C locale policyd runs in,
+ * without a call per byte. */
 static size_t key_copy_lower(char *out, size_t outsz, const char *s, size_t len, bool fold)
 {
 	size_t n = len < outsz - 1 ? len : outsz - 1;
-	for (size_t i = 0; i < n; i++)
-		out[i] = fold ? (char)tolower((unsigned char)s[i]) : s[i];
+	if (fold) {
+		for (size_t i = 0; i < n; i++) {
+			char c = s[i];
+			out[i] = c >= 'A' && c <= 'Z' ? (char)(c | 0x20) : c;
+		}
+	} else {
+		memcpy(out, s, n);
+	}
 	out[n] = '\0';
 	return n;
 }
