@@ -17,8 +17,9 @@
  * request at once) the end is searched for and the lines are judged in the
  * same pass; otherwise the end is searched for first.  Judging is one
  * memchr for NUL plus one pass per line; the first malformed line (in line
- * order) decides the error.  NULs are written over the line ends and '='
- * only once a request is judged.
+ * order) decides the error.  NULs are written over the '=' and the line end
+ * of each good line as it is judged (the end of the request is known to be
+ * in the buffer by then).
  * No I/O, no globals, no allocation.
  */
 #include "proto/request.h"
@@ -346,10 +347,7 @@ static int proto_find_end(struct proto_parser *p, const char *buf, size_t len, s
 
 static void proto_request_reset(struct proto_request *req)
 {
-	for (size_t a = 0; a < PROTO_A__COUNT; a++) {
-		req->attr[a].p = NULL;
-		req->attr[a].len = 0;
-	}
+	memset(req->attr, 0, sizeof(req->attr));
 	req->state = PROTO_STATE_NONE;
 	req->size = 0;
 	req->recipient_count = 0;
@@ -365,27 +363,12 @@ static enum proto_status proto_bad(struct proto_diag *diag, enum proto_error cod
 }
 
 /*
- * NUL-terminate what req holds: each kept value (and each extra's name)
- * ends at a '\r', '\n' or '=' of buf, overwritten here.  Done once the
- * lines are judged, so that a search that failed leaves buf as it was.
- */
-static void proto_terminate(struct proto_request *req)
-{
-	for (size_t a = 0; a < PROTO_A__COUNT; a++)
-		if (req->attr[a].p)
-			((char *)req->attr[a].p)[req->attr[a].len] = '\0';
-	for (size_t i = 0; i < req->nextra; i++) {
-		((char *)req->extra[i].name.p)[req->extra[i].name.len] = '\0';
-		((char *)req->extra[i].value.p)[req->extra[i].value.len] = '\0';
-	}
-}
-
-/*
  * Split and judge the attribute lines of buf[0 .. len), which holds an
  * empty line: the lines before the first empty line are the request, *body
  * is where the empty line starts and *end its LF.  One pass: one memchr
- * for the line end and one for the '=' per line.  On PROTO_BAD *body and
- * *end are not set.
+ * for the line end and one for the '=' per line; NULs are written over
+ * each '=' and line end of the lines judged good.  On PROTO_BAD, *body is
+ * where the bad line starts (untouched from there on) and *end is not set.
  */
 static enum proto_status proto_parse_lines(const struct proto_limits *lim, char *buf, size_t len,
                                            struct proto_request *req, struct proto_diag *diag,
@@ -413,16 +396,18 @@ static enum proto_status proto_parse_lines(const struct proto_limits *lim, char 
 		}
 		n++;
 		if (n > lim->max_attrs)
-			return proto_bad(diag, PROTO_E_TOO_MANY, n);
+			return *body = s, proto_bad(diag, PROTO_E_TOO_MANY, n);
 		if (nul && nul < lf)
-			return proto_bad(diag, PROTO_E_NUL, n);
+			return *body = s, proto_bad(diag, PROTO_E_NUL, n);
 		if (e - s > lim->max_line)
-			return proto_bad(diag, PROTO_E_LINE_TOO_LONG, n);
+			return *body = s, proto_bad(diag, PROTO_E_LINE_TOO_LONG, n);
 		eq = memchr(name, '=', e - s);
 		if (!eq)
-			return proto_bad(diag, PROTO_E_NO_EQUALS, n);
+			return *body = s, proto_bad(diag, PROTO_E_NO_EQUALS, n);
 		if (eq == name)
-			return proto_bad(diag, PROTO_E_EMPTY_NAME, n);
+			return *body = s, proto_bad(diag, PROTO_E_EMPTY_NAME, n);
+		*eq = '\0';
+		buf[e] = '\0';
 
 		size_t nlen = (size_t)(eq - name);
 		struct proto_str val = {eq + 1, e - (s + nlen + 1)};
@@ -471,6 +456,24 @@ static enum proto_status proto_parse_lines(const struct proto_limits *lim, char 
 	return PROTO_OK;
 }
 
+/* The LF of the first empty line at or after from (a line start), or len - 1. */
+static size_t proto_skip_to_end(const char *buf, size_t from, size_t len)
+{
+	size_t s = from;
+	while (s < len) {
+		const char *lf = memchr(buf + s, '\n', len - s);
+		if (!lf)
+			break;
+		size_t eol = (size_t)(lf - buf), e = eol;
+		if (e > s && buf[e - 1] == '\r')
+			e--;
+		if (e == s)
+			return eol;
+		s = eol + 1;
+	}
+	return len - 1; /* cannot happen: the caller's buf ends with an empty line */
+}
+
 /* Does buf[0 .. len) end with an empty line ("\n\n" or "\n\r\n")? */
 static int proto_ends_empty(const char *buf, size_t len)
 {
@@ -483,7 +486,7 @@ enum proto_status proto_parse(struct proto_parser *p, char *buf, size_t len,
                               struct proto_request *req, size_t *used, struct proto_diag *diag)
 {
 	struct proto_diag scratch;
-	size_t body, end;
+	size_t body = 0, end = 0;
 	enum proto_status st;
 
 	if (!diag)
@@ -500,11 +503,9 @@ enum proto_status proto_parse(struct proto_parser *p, char *buf, size_t len,
 	if (p->scanned == 0 && len <= p->lim.max_request && proto_ends_empty(buf, len)) {
 		proto_request_reset(req);
 		st = proto_parse_lines(&p->lim, buf, len, req, diag, &body, &end);
-		if (st == PROTO_BAD && !proto_find_end(p, buf, len, &body, &end))
-			end = len - 1; /* cannot happen: buf ends with an empty line */
-		p->scanned = 0;
+		if (st == PROTO_BAD) /* body: the bad line or the empty line, intact from there */
+			end = proto_skip_to_end(buf, body, len);
 		*used = end + 1;
-		proto_terminate(req);
 		return st;
 	}
 
@@ -519,7 +520,5 @@ enum proto_status proto_parse(struct proto_parser *p, char *buf, size_t len,
 	p->scanned = 0;
 	*used = end + 1;
 	proto_request_reset(req);
-	st = proto_parse_lines(&p->lim, buf, end + 1, req, diag, &body, &end);
-	proto_terminate(req);
-	return st;
+	return proto_parse_lines(&p->lim, buf, end + 1, req, diag, &body, &end);
 }
