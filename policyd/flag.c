@@ -1132,6 +1132,12 @@ static void flag_note_done(void *arg, int rc, const char *msg)
 		log_warn("event=flag_hook_note_failed error=\"%s\"", msg);
 }
 
+bool flag_raising(const char *id)
+{
+	const struct flag_op *op = F.busy ? F.head : NULL;
+	return op && op->kind == FOP_RAISE && op->created && strcmp(op->id, id) == 0;
+}
+
 void flag_note_hook(const char *account, const char *id, const struct flag_hook_result *h)
 {
 	struct flag_op *op = flag_op_new(FOP_HOOK, account, flag_note_done, NULL);

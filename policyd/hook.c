@@ -1343,6 +1343,9 @@ static bool hook_scan_one(void *arg, const char *subject, const struct store_res
 	if (open && e->owner[0] && strcmp(e->owner, H.owner) != 0) {
 		sc->foreign++; /* another daemon's: it runs it */
 		log_debug("event=hook_resume_skip id=%s owner=%s", e->id, e->owner);
+	} else if (open && flag_raising(e->id)) {
+		/* written by a raise still waiting for the replicas: it enqueues it */
+		log_debug("event=hook_resume_skip id=%s reason=\"being raised\"", e->id);
 	} else if (open && !hook_known(e->id)) {
 		bool running = e->state == FLAG_HOOK_RUNNING;
 		struct hook_job *j =
