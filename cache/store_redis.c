@@ -296,15 +296,7 @@ static const char RD_SCRIPT[] =
 
 enum rd_nstate { RD_DOWN = 0, RD_CONNECTING, RD_READY, RD_RETIRED };
 /* RD_G_WAIT: the script ran, WAIT for the replicas is in flight (durable batches) */
-enum rd_gstate {
-	RD_G_NEW = 0,
-	RD_G_QUEUED,
-	RD_G_SENT,
-	RD_G_PARKED,
-	RD_G_WAIT,
-	RD_G_OK,
-	RD_G_FAIL
-};
+enum rd_gstate { RD_G_NEW = 0, RD_G_QUEUED, RD_G_SENT, RD_G_PARKED, RD_G_WAIT, RD_G_OK, RD_G_FAIL };
 
 struct rd_store;
 struct rd_node;
@@ -384,10 +376,10 @@ struct rd_batch {
 	struct store_result *res; /* one group: the results its reply gave (have_res) */
 	bool have_res, res_refused;
 	ev_timer deadline;
-	unsigned refs; /* replies outstanding + running code holding it */
-	bool answered; /* the callback was called (or is being called) */
-	bool failed;   /* answered with a failure */
-	bool durable;  /* an op asked for replication (and wait_replicas > 0) */
+	unsigned refs;     /* replies outstanding + running code holding it */
+	bool answered;     /* the callback was called (or is being called) */
+	bool failed;       /* answered with a failure */
+	bool durable;      /* an op asked for replication (and wait_replicas > 0) */
 	bool unreplicated; /* a WAIT came back short: answer STORE_EREPLICA */
 	char why[RD_WHY];
 };
@@ -2704,12 +2696,13 @@ static void rd_wait_reply_fn(redisAsyncContext *ac, void *r, void *priv)
 			if (reply && reply->type == REDIS_REPLY_ERROR) {
 				char txt[RD_WHY];
 				rd_errtext(txt, sizeof(txt), reply->str, reply->len);
-				snprintf(b->why, sizeof(b->why), "WAIT on %.100s: %.120s", n->name, txt);
+				snprintf(b->why, sizeof(b->why), "WAIT on %.100s: %.120s", n->name,
+				         txt);
 			} else {
-				snprintf(b->why, sizeof(b->why),
-				         "WAIT on %.100s: %lld of %u replicas acknowledged within %u ms",
-				         n->name, got < 0 ? 0LL : got, s->wait_replicas,
-				         s->wait_ms);
+				snprintf(
+				    b->why, sizeof(b->why),
+				    "WAIT on %.100s: %lld of %u replicas acknowledged within %u ms",
+				    n->name, got < 0 ? 0LL : got, s->wait_replicas, s->wait_ms);
 			}
 			rd_log(s, STORE_REDIS_LOG_WARN, "redis: %s", b->why);
 		} else {
@@ -2728,8 +2721,8 @@ static void rd_wait_send(struct rd_group *g, struct rd_node *n, redisAsyncContex
 	struct rd_store *s = b->s;
 	g->state = RD_G_WAIT;
 	s->rs.waits++;
-	if (ac == NULL || redisAsyncCommand(ac, rd_wait_reply_fn, g, "WAIT %u %u",
-	                                    s->wait_replicas, s->wait_ms) != REDIS_OK) {
+	if (ac == NULL || redisAsyncCommand(ac, rd_wait_reply_fn, g, "WAIT %u %u", s->wait_replicas,
+	                                    s->wait_ms) != REDIS_OK) {
 		s->rs.wait_short++;
 		b->unreplicated = true;
 		snprintf(b->why, sizeof(b->why), "WAIT on %.100s: cannot send", n->name);

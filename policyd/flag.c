@@ -632,7 +632,7 @@ static struct {
 	int64_t pause_since;
 	bool refreshing;
 	ev_timer refresh;
-	ev_timer kick; /* runs queued ops from the loop, not inside a request */
+	ev_timer kick;  /* runs queued ops from the loop, not inside a request */
 	ev_timer retry; /* the op at the head writes its ops[] again (durable) */
 	unsigned long long raised, cleared;
 } F;

@@ -20,6 +20,55 @@
  * POLICYD_FLAG_ID: the flag id is the idempotency key the command must
  * honour (contrib/hooks/ do).
  *
+ * Failover (Redis).  "Flushed" means little to Redis: replication is
+ * asynchronous, and a write its master acknowledged is lost when the master
+ * dies before a replica has it and the replica is promoted.  A lost new
+ * flag + entry means the hook never runs (and the account is not flagged);
+ * a lost "done" means it runs twice.  So every write of this protocol is a
+ * durable op (store.h): store_redis sends WAIT redis_wait_replicas
+ * redis_wait_timeout after the script, on the same connection (WAIT counts
+ * that client's own offset), and answers STORE_EREPLICA when fewer replicas
+ * acknowledged.  The caller then writes the SAME value again - the flag id
+ * is the key, so a retry never makes a second flag - after a backoff
+ * (flag.c: a new flag, up to FLAG_DURABLE_TRIES, before hook_enqueue();
+ * here: "running" and each result, up to HOOK_DURABLE_TRIES), and after the
+ * last try goes on without the replicas (logged *_not_replicated: better a
+ * lockout that may be lost than none).  STORE_EUNAVAIL (master dead, the
+ * script may or may not have run) is retried the same way.  A flag is
+ * acknowledged, and hook_enqueue() called, only once it is replicated; the
+ * start-up scan leaves an entry whose raise is still retrying to it
+ * (flag_raising()).
+ *
+ * This host's record.  WAIT bounds the window, it does not close it (a
+ * replica that did not acknowledge may be promoted; the tries run out).
+ * So before the "running" mark and before each result is stored, the entry
+ * as it will be stored is written to hooks/ID.state (temporary file, fsync,
+ * rename, fsync of the directory).  Before any run the record is compared
+ * with the store's entry by rank (2 x attempts, + 1 once the attempt ended):
+ * when the record is ahead, the store lost a write - a result is written
+ * back and the command NOT run again (hook_store_behind); a "running" makes
+ * the next run an interrupted one.  Records older than HOOK_KEEP_US + 1 day
+ * are removed at start.
+ *
+ * Several daemons on one store.  Who runs an entry?  Before this, every
+ * daemon queued every pending entry it found at start, and two of them
+ * could both read "pending", both mark "running" and both run it: the
+ * store has GET and PUT, no compare-and-set to claim an entry.  And the
+ * record above only protects the host that wrote it.  So an entry has an
+ * owner, "hostname:hooks directory" (hook_owner()), set by the daemon that
+ * raised the flag (manual flags too: the daemon whose control socket got
+ * the command): only the owner runs it - hook_enqueue() is only called by
+ * the raising daemon, the start-up scan skips other owners' entries
+ * (hook_resume_foreign) and a fetch of one is skipped.  Exactly once thus
+ * needs one runner and its own records.  The price: the entries of a host
+ * that never comes back stay pending (visible in the flag's history) until
+ * a daemon with the same host name and state_dir starts; entries without an
+ * owner (written before owners existed) are resumed by any daemon, as
+ * before.  Not covered either (policyd.8 lists them): several replicas per
+ * master with fewer acknowledging, every copy lost at once, policyd killed
+ * while a new flag's write retries and the entry (another hash slot than the
+ * flag) lost in the same failover, state_dir lost with a "done".
+ *
  * A run: posix_spawn() of the command in its own process group, stdin
  * /dev/null, stdout and stderr into one non-blocking pipe watched by
  * ev_io (the first lockout_output_max bytes kept, the rest read and
@@ -85,8 +134,8 @@ struct hook_job {
 	enum hook_phase phase;
 	bool interrupted; /* found "running": the last run's end is unknown */
 	bool final;
-	bool inflight; /* a store callback is due */
-	bool orphan;   /* stopped while inflight: the callback frees it */
+	bool inflight;   /* a store callback is due */
+	bool orphan;     /* stopped while inflight: the callback frees it */
 	unsigned wtries; /* writes of the current state change (durable retries) */
 	struct hook_entry e;
 	struct store_op op;
@@ -561,7 +610,9 @@ static double hook_durable_retry(struct hook_job *j, enum store_status st, const
 		in = HOOK_STORE_RETRY;
 	log_warn("event=hook_write_again id=%s step=%s try=%u in=%.1fs error=\"%s\"", j->id, step,
 	         j->wtries + 1, in,
-	         st == STORE_EUNAVAIL ? "unavailable" : H.store ? H.store->err : "closed");
+	         st == STORE_EUNAVAIL ? "unavailable"
+	         : H.store            ? H.store->err
+	                              : "closed");
 	return in;
 }
 

@@ -19,9 +19,9 @@
 #include "cache/store.h"
 #include "flag.h"
 
-#define HOOK_NS      "@outbox"
-#define HOOK_KEEP_US (7 * 86400 * (int64_t)1000000) /* a finished entry stays this long */
-#define HOOK_OWNER_MAX 384 /* "hostname:hooks directory" */
+#define HOOK_NS        "@outbox"
+#define HOOK_KEEP_US   (7 * 86400 * (int64_t)1000000) /* a finished entry stays this long */
+#define HOOK_OWNER_MAX 384                            /* "hostname:hooks directory" */
 
 /* One outbox entry. */
 struct hook_entry {
