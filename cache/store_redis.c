@@ -57,6 +57,12 @@
  * CLUSTERDOWN, READONLY, ...) are parked and retried until their batch's
  * deadline.
  *
+ * Durable ops (store.h): a group whose batch has one is not done when its
+ * script's reply comes: WAIT wait_replicas wait_ms goes out on the same
+ * connection (RD_G_WAIT), and a short count makes the batch's answer
+ * STORE_EREPLICA (rd_wait_reply_fn()).  The batch's deadline is the command
+ * timeout + wait_ms; such a batch never runs on the fallback store.
+ *
  * list(): SCAN MATCH "pd:{*}:RULE" in pages of RD_LIST_COUNT on the
  * server (every master of the cluster map, one after the other), then a
  * GET of each key of the page, then the callbacks for the page (copies).

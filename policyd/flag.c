@@ -23,8 +23,10 @@
  * two flags.  Several
  * daemons sharing one Redis are not serialised against each other.  A new
  * flag and its outbox entry are written in ONE batch and made durable
- * (store flush) before the hook is queued; see hook.c for the rest of the
- * exactly-once protocol.  The pause state is cached here (flag_paused() is
+ * (store flush; with Redis: durable ops, acknowledged once on
+ * redis_wait_replicas replicas, else the same batch written again, see
+ * flag_put_retry()) before the hook is queued; see hook.c for the rest of
+ * the exactly-once protocol.  The pause state is cached here (flag_paused() is
  * synchronous) and re-read every 2 s for daemons sharing a store.
  */
 #include "flag.h"
@@ -1625,6 +1627,7 @@ static void flag_collect(struct metrics_out *o, void *arg)
 		metrics_out_u64(o, "result=\"retried\"", h.retried);
 		metrics_out_u64(o, "result=\"timeout\"", h.timeouts);
 		metrics_out_u64(o, "result=\"interrupted\"", h.interrupted);
+		metrics_out_u64(o, "result=\"restored\"", h.restored);
 	}
 }
 
