@@ -73,6 +73,11 @@ struct store_op {
 	const void *val;
 	size_t vlen;
 	uint64_t ttl_us;
+	/* PUT/DEL: the batch is acknowledged only once its writes are on the
+	 * replicas the backend was told to wait for (Redis: WAIT after the
+	 * script, on the same connection); else STORE_EREPLICA.  The embedded
+	 * store ignores it (flush() makes its writes durable). */
+	bool durable;
 };
 
 struct store_result {
@@ -93,6 +98,10 @@ enum store_status {
 	STORE_EUNAVAIL, /* backend unreachable / timed out */
 	STORE_EINVAL,   /* bad op (too many windows, key too long, ...) */
 	STORE_EINTERNAL,
+	/* A batch with a durable op was applied on the server, but not every
+	 * replica asked for acknowledged it in time: a failover may still lose
+	 * it.  Writing the same values again is the caller's remedy. */
+	STORE_EREPLICA,
 };
 
 typedef void store_cb(void *arg, enum store_status st, const struct store_result *res, size_t n);

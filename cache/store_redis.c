@@ -57,6 +57,12 @@
  * CLUSTERDOWN, READONLY, ...) are parked and retried until their batch's
  * deadline.
  *
+ * Durable ops (store.h): a group whose batch has one is not done when its
+ * script's reply comes: WAIT wait_replicas wait_ms goes out on the same
+ * connection (RD_G_WAIT), and a short count makes the batch's answer
+ * STORE_EREPLICA (rd_wait_reply_fn()).  The batch's deadline is the command
+ * timeout + wait_ms; such a batch never runs on the fallback store.
+ *
  * list(): SCAN MATCH "pd:{*}:RULE" in pages of RD_LIST_COUNT on the
  * server (every master of the cluster map, one after the other), then a
  * GET of each key of the page, then the callbacks for the page (copies).
@@ -295,7 +301,8 @@ static const char RD_SCRIPT[] =
 /* clang-format on */
 
 enum rd_nstate { RD_DOWN = 0, RD_CONNECTING, RD_READY, RD_RETIRED };
-enum rd_gstate { RD_G_NEW = 0, RD_G_QUEUED, RD_G_SENT, RD_G_PARKED, RD_G_OK, RD_G_FAIL };
+/* RD_G_WAIT: the script ran, WAIT for the replicas is in flight (durable batches) */
+enum rd_gstate { RD_G_NEW = 0, RD_G_QUEUED, RD_G_SENT, RD_G_PARKED, RD_G_WAIT, RD_G_OK, RD_G_FAIL };
 
 struct rd_store;
 struct rd_node;
@@ -375,9 +382,11 @@ struct rd_batch {
 	struct store_result *res; /* one group: the results its reply gave (have_res) */
 	bool have_res, res_refused;
 	ev_timer deadline;
-	unsigned refs; /* replies outstanding + running code holding it */
-	bool answered; /* the callback was called (or is being called) */
-	bool failed;   /* answered with a failure */
+	unsigned refs;     /* replies outstanding + running code holding it */
+	bool answered;     /* the callback was called (or is being called) */
+	bool failed;       /* answered with a failure */
+	bool durable;      /* an op asked for replication (and wait_replicas > 0) */
+	bool unreplicated; /* a WAIT came back short: answer STORE_EREPLICA */
 	char why[RD_WHY];
 };
 
@@ -411,6 +420,8 @@ struct rd_store {
 	struct store_redis_url url; /* holds the password for AUTH */
 	char display[512];          /* the URL without the password */
 	double conn_to, cmd_to, hung_after;
+	unsigned wait_replicas; /* durable batches: WAIT for this many (0: no WAIT) */
+	unsigned wait_ms;
 	enum store_redis_failure failure;
 	struct store *fallback;
 	void (*log)(int level, const char *msg);
@@ -1640,7 +1651,12 @@ static struct rd_batch *rd_batch_new(struct rd_store *s, const struct store_op *
 		if (rd_is_kv(op->kind))
 			b->groups[b->keys[k].group].nkv++;
 	}
-	ev_timer_init(&b->deadline, rd_deadline_cb, s->cmd_to, 0.);
+	for (size_t i = 0; i < n && s->wait_replicas > 0; i++)
+		if (ops[i].durable && (ops[i].kind == STORE_PUT || ops[i].kind == STORE_DEL))
+			b->durable = true;
+	/* a durable batch's WAIT has its own timeout after the script */
+	ev_timer_init(&b->deadline, rd_deadline_cb,
+	              s->cmd_to + (b->durable ? s->wait_ms / 1000.0 : 0.), 0.);
 	b->deadline.data = b;
 	return b;
 }
@@ -2201,7 +2217,8 @@ static void rd_answer_fail(struct rd_batch *b)
 		return;
 	}
 	s->st.errors++;
-	if (s->failure == STORE_REDIS_FAIL_LOCAL && s->fallback && !s->closing) {
+	/* a durable write means "on the Redis replicas": never the local fallback */
+	if (s->failure == STORE_REDIS_FAIL_LOCAL && s->fallback && !s->closing && !b->durable) {
 		s->rs.fallback++;
 		if (store_batch(s->fallback, b->ops, b->n, b->now, b->cb, b->arg) == 0)
 			return;
@@ -2251,6 +2268,13 @@ static void rd_batch_finish(struct rd_batch *b)
 	if (refused && b->ngroups > 1)
 		rd_compensate(b, NULL);
 	rd_answer_begin(b);
+	if (b->unreplicated) {
+		s->st.errors++;
+		snprintf(s->pub.err, sizeof(s->pub.err), "redis: %.200s", b->why);
+		if (b->cb)
+			b->cb(b->arg, STORE_EREPLICA, NULL, 0);
+		return;
+	}
 	s->rs.ok++;
 	if (b->cb)
 		b->cb(b->arg, STORE_OK, res, b->n);
@@ -2654,6 +2678,71 @@ static void rd_late_group(struct rd_group *g)
 	rd_compensate(b, g);
 }
 
+/*
+ * Durable batches.  The script of group g ran on n; WAIT on the SAME
+ * connection (ac) covers its writes, since Redis counts a client's own
+ * replication offset: later commands of the connection only raise it, a
+ * new connection would prove nothing.  WAIT blocks the connection (the
+ * scripts behind it wait too) for at most wait_ms.  Fewer replicas than
+ * asked: the batch is answered STORE_EREPLICA, and the caller writes again.
+ */
+static void rd_wait_reply_fn(redisAsyncContext *ac, void *r, void *priv)
+{
+	struct rd_group *g = priv;
+	struct rd_batch *b = g->b;
+	struct rd_node *n = g->node;
+	struct rd_store *s = b->s;
+	redisReply *reply = r;
+	rd_node_replied(n, ac);
+	if (reply == NULL)
+		rd_node_lost(n, ac, "connection lost");
+	if (!b->answered && g->state == RD_G_WAIT) {
+		long long got = reply && reply->type == REDIS_REPLY_INTEGER ? reply->integer : -1;
+		if (got < (long long)s->wait_replicas) {
+			s->rs.wait_short++;
+			b->unreplicated = true;
+			if (reply && reply->type == REDIS_REPLY_ERROR) {
+				char txt[RD_WHY];
+				rd_errtext(txt, sizeof(txt), reply->str, reply->len);
+				snprintf(b->why, sizeof(b->why), "WAIT on %.100s: %.120s", n->name,
+				         txt);
+			} else {
+				snprintf(
+				    b->why, sizeof(b->why),
+				    "WAIT on %.100s: %lld of %u replicas acknowledged within %u ms",
+				    n->name, got < 0 ? 0LL : got, s->wait_replicas, s->wait_ms);
+			}
+			rd_log(s, STORE_REDIS_LOG_WARN, "redis: %s", b->why);
+		} else {
+			s->rs.wait_ok++;
+		}
+		g->state = RD_G_OK;
+		rd_batch_check_done(b);
+	}
+	b->refs--;
+	rd_batch_maybe_free(b);
+}
+
+static void rd_wait_send(struct rd_group *g, struct rd_node *n, redisAsyncContext *ac)
+{
+	struct rd_batch *b = g->b;
+	struct rd_store *s = b->s;
+	g->state = RD_G_WAIT;
+	s->rs.waits++;
+	if (ac == NULL || redisAsyncCommand(ac, rd_wait_reply_fn, g, "WAIT %u %u", s->wait_replicas,
+	                                    s->wait_ms) != REDIS_OK) {
+		s->rs.wait_short++;
+		b->unreplicated = true;
+		snprintf(b->why, sizeof(b->why), "WAIT on %.100s: cannot send", n->name);
+		g->state = RD_G_OK;
+		rd_batch_check_done(b);
+		return;
+	}
+	b->refs++;
+	if (ac == n->ac)
+		rd_node_busy(n);
+}
+
 static void rd_call_reply_fn(redisAsyncContext *ac, void *r, void *priv)
 {
 	struct rd_call *c = priv;
@@ -2686,6 +2775,9 @@ static void rd_call_reply_fn(redisAsyncContext *ac, void *r, void *priv)
 			rd_group_error(g, n, reply);
 		} else if (!parsed) {
 			rd_group_fail(g, n, "unexpected reply to the script");
+		} else if (b->durable) {
+			rd_ep_ok(s, &n->ep, n->name, "available again", false);
+			rd_wait_send(g, n, ac);
 		} else {
 			g->state = RD_G_OK;
 			rd_ep_ok(s, &n->ep, n->name, "available again", false);
@@ -3352,6 +3444,10 @@ struct store *store_redis_open(struct ev_loop *loop, const struct store_redis_op
 	s->conn_to = (o->connect_timeout_ms ? o->connect_timeout_ms : 1000) / 1000.0;
 	s->cmd_to = (o->command_timeout_ms ? o->command_timeout_ms : 200) / 1000.0;
 	s->hung_after = 4 * s->cmd_to > s->conn_to ? 4 * s->cmd_to : s->conn_to;
+	s->wait_replicas = o->wait_replicas;
+	s->wait_ms = o->wait_timeout_ms ? o->wait_timeout_ms : 100;
+	if (s->wait_replicas > 0 && s->hung_after < 2 * (s->cmd_to + s->wait_ms / 1000.0))
+		s->hung_after = 2 * (s->cmd_to + s->wait_ms / 1000.0); /* a WAIT is no hang */
 	s->cluster = s->url.kind == STORE_REDIS_CLUSTER;
 	s->parked.next = s->parked.prev = &s->parked;
 	ev_timer_init(&s->park_timer, rd_park_cb, RD_PARK_TICK, RD_PARK_TICK);
@@ -3389,9 +3485,9 @@ struct store *store_redis_open(struct ev_loop *loop, const struct store_redis_op
 	}
 	rd_log(s, STORE_REDIS_LOG_INFO,
 	       "redis store %s: connecting (failure policy %s, timeouts: connect %.0f ms, "
-	       "command %.0f ms)",
+	       "command %.0f ms; durable writes wait for %u replicas, %u ms)",
 	       s->display, store_redis_failure_name(s->failure), s->conn_to * 1000,
-	       s->cmd_to * 1000);
+	       s->cmd_to * 1000, s->wait_replicas, s->wait_ms);
 	ev_timer_start(loop, &s->watchdog);
 	for (unsigned i = 0; i < s->nnodes; i++)
 		rd_node_connect(s->nodes[i]);

@@ -69,6 +69,20 @@
  * retried with exponential backoff from 100 ms to 5 s; a server down at
  * start is not an error.
  *
+ * Durable writes (store.h op.durable; flags and the lockout outbox).
+ * Replication is asynchronous: a write acknowledged by a master that dies
+ * before its replica has it is lost when the replica is promoted.  With
+ * wait_replicas > 0, each script of a batch with a durable op is followed,
+ * on the same connection, by WAIT wait_replicas wait_timeout_ms; the batch
+ * is answered STORE_OK only when every such WAIT counted enough replicas,
+ * else STORE_EREPLICA (the writes are on the master, maybe not on a
+ * replica: write them again).  The batch's deadline grows by the WAIT
+ * timeout, a durable batch never runs on the fallback store, and while a
+ * WAIT waits the scripts behind it on that connection wait too (at most
+ * wait_timeout_ms; only when a replica is slow, stalled or gone).  WAIT
+ * is not a consensus: a replica that acknowledged may still not be the one
+ * promoted when a master has several; see policyd.8.
+ *
  * Callbacks run from the loop (or before store_batch() returns when the
  * server is known to be down).  close() answers the batches still in
  * flight with STORE_EUNAVAIL; do not call it from a store callback.
@@ -102,6 +116,11 @@ struct store_redis_opts {
 	const char *url;
 	unsigned connect_timeout_ms; /* 0: 1000; connect + AUTH + SCRIPT LOAD */
 	unsigned command_timeout_ms; /* 0: 200; the latency budget of a batch */
+	/* durable ops (store.h): after the script, WAIT wait_replicas
+	 * wait_timeout_ms on the same connection (0 replicas: no WAIT;
+	 * timeout 0: 100) */
+	unsigned wait_replicas;
+	unsigned wait_timeout_ms;
 	enum store_redis_failure failure;
 	struct store *fallback;                  /* failure local: the embedded store (not owned) */
 	void (*log)(int level, const char *msg); /* NULL: no log */
@@ -144,6 +163,9 @@ struct store_redis_stats {
 	uint64_t mismatches;  /* the script and gcra.c disagreed (a bug: logged) */
 	uint64_t episodes;    /* unavailability episodes started */
 	uint64_t lists;       /* list() calls */
+	uint64_t waits;       /* WAITs sent after durable writes */
+	uint64_t wait_ok;     /* of which acknowledged by enough replicas */
+	uint64_t wait_short;  /* of which not (batch answered STORE_EREPLICA) */
 	unsigned nodes;       /* servers known (cluster: masters and replicas) */
 	unsigned nodes_ready; /* of which connected and ready */
 };

@@ -335,6 +335,23 @@ static int config_server(struct config_ctx *x, const char *name, const char *v)
 			c->redis_timeout_ms = (unsigned)(us / 1000);
 		else
 			c->redis_connect_timeout_ms = (unsigned)(us / 1000);
+	} else if (!strcmp(name, "redis_wait_replicas")) {
+		char *end;
+		errno = 0;
+		long nr = strtol(v, &end, 10);
+		if (errno || end == v || *end || nr < 0 || nr > 16) {
+			config_seterr(x, "redis_wait_replicas: '%.40s' (0 .. 16)", v);
+			return 0;
+		}
+		c->redis_wait_replicas = (int)nr;
+	} else if (!strcmp(name, "redis_wait_timeout")) {
+		uint64_t us;
+		if (config_parse_duration(v, &us, err, sizeof(err)) < 0 || us > 10000000ULL ||
+		    us < 1000) {
+			config_seterr(x, "%s: '%.40s' (1ms .. 10s)", name, v);
+			return 0;
+		}
+		c->redis_wait_timeout_ms = (unsigned)(us / 1000);
 	} else if (!strcmp(name, "state_dir")) {
 		free(c->state_dir);
 		c->state_dir = config_strdup(v);
@@ -1158,6 +1175,8 @@ struct config *config_load(const char *path, char *err, size_t errsz)
 	c->socket_mode = 0660;
 	c->redis_timeout_ms = 200;
 	c->redis_connect_timeout_ms = 1000;
+	c->redis_wait_replicas = -1;
+	c->redis_wait_timeout_ms = 100;
 
 	x.mod = -1;
 	for (int i = 0; config_sections[i]; i++) {
@@ -1197,6 +1216,9 @@ struct config *config_load(const char *path, char *err, size_t errsz)
 	}
 	if (c->nlisten == 0)
 		c->listen[c->nlisten++] = config_strdup("inet:127.0.0.1:10031");
+	/* a cluster has replicas (failover is its point); a lone server may not */
+	if (c->redis_wait_replicas < 0)
+		c->redis_wait_replicas = strncmp(c->store, "redis-cluster://", 16) == 0 ? 1 : 0;
 	/* redis_failure = closed: while Redis is away, defer (unless told otherwise) */
 	if (strcmp(c->store, "memory") != 0 && c->redis_failure == STORE_REDIS_FAIL_CLOSED &&
 	    !c->fallback_set) {

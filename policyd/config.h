@@ -75,6 +75,9 @@ struct config {
 	char *store;       /* "memory" or a redis://, redis+unix://, redis-cluster:// URL */
 	int redis_failure; /* enum store_redis_failure: open, closed, local */
 	unsigned redis_timeout_ms, redis_connect_timeout_ms;
+	int redis_wait_replicas; /* durable writes (flags, outbox): WAIT for this many; -1: default
+	                          */
+	unsigned redis_wait_timeout_ms;
 	bool fallback_set; /* fallback_action given in the file */
 	char *state_dir;   /* "" = no persistence */
 	char *pid_file;

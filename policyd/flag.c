@@ -23,8 +23,10 @@
  * two flags.  Several
  * daemons sharing one Redis are not serialised against each other.  A new
  * flag and its outbox entry are written in ONE batch and made durable
- * (store flush) before the hook is queued; see hook.c for the rest of the
- * exactly-once protocol.  The pause state is cached here (flag_paused() is
+ * (store flush; with Redis: durable ops, acknowledged once on
+ * redis_wait_replicas replicas, else the same batch written again, see
+ * flag_put_retry()) before the hook is queued; see hook.c for the rest of
+ * the exactly-once protocol.  The pause state is cached here (flag_paused() is
  * synchronous) and re-read every 2 s for daemons sharing a store.
  */
 #include "flag.h"
@@ -58,6 +60,11 @@
 #define FLAG_PAUSE_KEY "global"
 #define FLAG_SEC       ((int64_t)1000000)
 #define FLAG_REFRESH_S 2.0
+/* durable writes (a new flag and its outbox entry, a clear) not yet on the
+ * replicas: written again, with backoff, this many times */
+#define FLAG_DURABLE_TRIES 12
+#define FLAG_DURABLE_FIRST 0.1 /* s before the first retry, doubling */
+#define FLAG_DURABLE_MAX   4.0
 
 #define FLAG_DEFAULT_REPLY                                                                         \
 	"Your account has been suspended because of unusual sending activity; please contact "     \
@@ -613,6 +620,7 @@ struct flag_op {
 	int64_t due_us;
 	enum verdict_action action;
 	unsigned recent;
+	unsigned tries; /* writes of ops[] sent (durable retries) */
 };
 
 static struct {
@@ -629,7 +637,8 @@ static struct {
 	int64_t pause_since;
 	bool refreshing;
 	ev_timer refresh;
-	ev_timer kick; /* runs queued ops from the loop, not inside a request */
+	ev_timer kick;  /* runs queued ops from the loop, not inside a request */
+	ev_timer retry; /* the op at the head writes its ops[] again (durable) */
 	unsigned long long raised, cleared;
 } F;
 
@@ -760,6 +769,59 @@ static void flag_on_kick(struct ev_loop *loop, ev_timer *w, int revents)
 
 static void flag_put_done(void *arg, enum store_status st, const struct store_result *res,
                           size_t n);
+static void flag_put_send(struct flag_op *op);
+
+static void flag_put_send(struct flag_op *op)
+{
+	op->tries++;
+	if (store_batch(F.store, op->ops, op->nops, flag_now(), flag_put_done, op) != 0)
+		flag_store_fail(op, STORE_EINTERNAL);
+}
+
+static void flag_on_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)w;
+	(void)revents;
+	if (F.busy && F.head && F.store)
+		flag_put_send(F.head);
+}
+
+/*
+ * A durable write came back STORE_EREPLICA (on the master, not known to be
+ * on a replica) or STORE_EUNAVAIL (maybe applied, maybe not): write the
+ * same values again (same flag id: never a second flag) after a backoff.
+ * After FLAG_DURABLE_TRIES, one last plain write: the flag must not be
+ * lost to a Redis that has no replica left, but a failover may lose it.
+ * true when a retry is scheduled.
+ */
+static bool flag_put_retry(struct flag_op *op, enum store_status st)
+{
+	if (!op->ops[0].durable || (st != STORE_EREPLICA && st != STORE_EUNAVAIL))
+		return false;
+	if (op->tries >= FLAG_DURABLE_TRIES) {
+		log_err("event=flag_not_replicated account=%s id=%s tries=%u error=\"%s\" "
+		        "(written without waiting for replicas: a failover now may lose it)",
+		        op->account, op->id, op->tries,
+		        st == STORE_EUNAVAIL ? "unavailable" : F.store->err);
+		for (size_t i = 0; i < op->nops; i++)
+			op->ops[i].durable = false;
+		ev_timer_set(&F.retry, 0., 0.);
+		ev_timer_start(F.loop, &F.retry);
+		return true;
+	}
+	double in = FLAG_DURABLE_FIRST;
+	for (unsigned k = 1; k < op->tries && in < FLAG_DURABLE_MAX; k++)
+		in *= 2;
+	if (in > FLAG_DURABLE_MAX)
+		in = FLAG_DURABLE_MAX;
+	log_warn("event=flag_write_again account=%s id=%s try=%u in=%.1fs error=\"%s\"",
+	         op->account, op->id, op->tries + 1, in,
+	         st == STORE_EUNAVAIL ? "unavailable" : F.store->err);
+	ev_timer_set(&F.retry, in, 0.);
+	ev_timer_start(F.loop, &F.retry);
+	return true;
+}
 
 /* Write op->buf (and op->obuf) and finish in flag_put_done(). */
 static void flag_put(struct flag_op *op, size_t len, size_t olen)
@@ -779,8 +841,13 @@ static void flag_put(struct flag_op *op, size_t len, size_t olen)
 		op->ops[1].vlen = olen;
 		op->nops = 2;
 	}
-	if (store_batch(F.store, op->ops, op->nops, flag_now(), flag_put_done, op) != 0)
-		flag_store_fail(op, STORE_EINTERNAL);
+	/* a new flag (and its outbox entry) and a clear must survive a failover:
+	 * acknowledged only once on the replicas (store_redis: WAIT) */
+	bool durable = op->kind == FOP_CLEAR || (op->kind == FOP_RAISE && op->created);
+	for (size_t i = 0; i < op->nops; i++)
+		op->ops[i].durable = durable;
+	op->tries = 0;
+	flag_put_send(op);
 }
 
 /* Append evidence lines to the record's, bounded. */
@@ -875,6 +942,7 @@ static void flag_raise_got(struct flag_op *op)
 		h->due_us = now + (int64_t)fc->lockout_delay_us;
 		h->state = FLAG_HOOK_PENDING;
 		h->last.exit_code = -1;
+		snprintf(h->owner, sizeof(h->owner), "%s", hook_owner());
 		op->due_us = h->due_us;
 		olen = hook_entry_encode(h, op->obuf, sizeof(op->obuf));
 		free(h);
@@ -985,6 +1053,8 @@ static void flag_put_done(void *arg, enum store_status st, const struct store_re
 {
 	struct flag_op *op = arg;
 	(void)res;
+	if (F.started && F.store && flag_put_retry(op, st))
+		return;
 	if (st != STORE_OK || n != op->nops) {
 		flag_store_fail(op, st == STORE_OK ? STORE_EINTERNAL : st);
 		return;
@@ -1065,6 +1135,12 @@ static void flag_note_done(void *arg, int rc, const char *msg)
 	(void)arg;
 	if (rc < 0)
 		log_warn("event=flag_hook_note_failed error=\"%s\"", msg);
+}
+
+bool flag_raising(const char *id)
+{
+	const struct flag_op *op = F.busy ? F.head : NULL;
+	return op && op->kind == FOP_RAISE && op->created && strcmp(op->id, id) == 0;
 }
 
 void flag_note_hook(const char *account, const char *id, const struct flag_hook_result *h)
@@ -1554,6 +1630,7 @@ static void flag_collect(struct metrics_out *o, void *arg)
 		metrics_out_u64(o, "result=\"retried\"", h.retried);
 		metrics_out_u64(o, "result=\"timeout\"", h.timeouts);
 		metrics_out_u64(o, "result=\"interrupted\"", h.interrupted);
+		metrics_out_u64(o, "result=\"restored\"", h.restored);
 	}
 }
 
@@ -1579,6 +1656,7 @@ int flag_init(struct module_ctx *m, char *err, size_t errsz)
 	F.loop = m->loop;
 	F.store = m->store;
 	ev_timer_init(&F.kick, flag_on_kick, 0., 0.);
+	ev_timer_init(&F.retry, flag_on_retry, 0., 0.);
 	F.paused = false;
 	F.pause_action = ACT_HOLD;
 	F.pause_by[0] = '\0';
@@ -1619,7 +1697,20 @@ static void flag_stop(struct module_ctx *m)
 	ev_timer_stop(F.loop, &F.kick);
 	/* ops still queued (an asynchronous store): they fail */
 	F.started = false;
-	/* the op in flight (an asynchronous store) finishes when its callback comes */
+	/* the op in flight (an asynchronous store) finishes when its callback comes;
+	 * one waiting to write again is given up (an outbox entry on the master is
+	 * resumed at the next start) */
+	if (ev_is_active(&F.retry)) {
+		ev_timer_stop(F.loop, &F.retry);
+		struct flag_op *w = F.head;
+		F.head = w->next;
+		F.busy = false;
+		log_warn("event=flag_write_abandoned account=%s id=%s (policyd is stopping)",
+		         w->account, w->id);
+		if (w->cb)
+			w->cb(w->arg, -1, "policyd is stopping");
+		flag_op_free(w);
+	}
 	struct flag_op *keep = F.busy ? F.head : NULL;
 	struct flag_op *op = keep ? keep->next : F.head;
 	while (op) {

@@ -202,5 +202,9 @@ size_t flag_clean_text(char *out, size_t outsz, const char *in, size_t n, bool n
 
 /* hook.c reports a result (final or not) for the history of (account, id). */
 void flag_note_hook(const char *account, const char *id, const struct flag_hook_result *h);
+/* Is flag `id` being raised right now (its outbox entry written, not yet
+ * acknowledged durable)?  hook.c's start-up scan leaves such an entry to
+ * hook_enqueue(). */
+bool flag_raising(const char *id);
 
 #endif

@@ -20,6 +20,55 @@
  * POLICYD_FLAG_ID: the flag id is the idempotency key the command must
  * honour (contrib/hooks/ do).
  *
+ * Failover (Redis).  "Flushed" means little to Redis: replication is
+ * asynchronous, and a write its master acknowledged is lost when the master
+ * dies before a replica has it and the replica is promoted.  A lost new
+ * flag + entry means the hook never runs (and the account is not flagged);
+ * a lost "done" means it runs twice.  So every write of this protocol is a
+ * durable op (store.h): store_redis sends WAIT redis_wait_replicas
+ * redis_wait_timeout after the script, on the same connection (WAIT counts
+ * that client's own offset), and answers STORE_EREPLICA when fewer replicas
+ * acknowledged.  The caller then writes the SAME value again - the flag id
+ * is the key, so a retry never makes a second flag - after a backoff
+ * (flag.c: a new flag, up to FLAG_DURABLE_TRIES, before hook_enqueue();
+ * here: "running" and each result, up to HOOK_DURABLE_TRIES), and after the
+ * last try goes on without the replicas (logged *_not_replicated: better a
+ * lockout that may be lost than none).  STORE_EUNAVAIL (master dead, the
+ * script may or may not have run) is retried the same way.  A flag is
+ * acknowledged, and hook_enqueue() called, only once it is replicated; the
+ * start-up scan leaves an entry whose raise is still retrying to it
+ * (flag_raising()).
+ *
+ * This host's record.  WAIT bounds the window, it does not close it (a
+ * replica that did not acknowledge may be promoted; the tries run out).
+ * So before the "running" mark and before each result is stored, the entry
+ * as it will be stored is written to hooks/ID.state (temporary file, fsync,
+ * rename, fsync of the directory).  Before any run the record is compared
+ * with the store's entry by rank (2 x attempts, + 1 once the attempt ended):
+ * when the record is ahead, the store lost a write - a result is written
+ * back and the command NOT run again (hook_store_behind); a "running" makes
+ * the next run an interrupted one.  Records older than HOOK_KEEP_US + 1 day
+ * are removed at start.
+ *
+ * Several daemons on one store.  Who runs an entry?  Before this, every
+ * daemon queued every pending entry it found at start, and two of them
+ * could both read "pending", both mark "running" and both run it: the
+ * store has GET and PUT, no compare-and-set to claim an entry.  And the
+ * record above only protects the host that wrote it.  So an entry has an
+ * owner, "hostname:hooks directory" (hook_owner()), set by the daemon that
+ * raised the flag (manual flags too: the daemon whose control socket got
+ * the command): only the owner runs it - hook_enqueue() is only called by
+ * the raising daemon, the start-up scan skips other owners' entries
+ * (hook_resume_foreign) and a fetch of one is skipped.  Exactly once thus
+ * needs one runner and its own records.  The price: the entries of a host
+ * that never comes back stay pending (visible in the flag's history) until
+ * a daemon with the same host name and state_dir starts; entries without an
+ * owner (written before owners existed) are resumed by any daemon, as
+ * before.  Not covered either (policyd.8 lists them): several replicas per
+ * master with fewer acknowledging, every copy lost at once, policyd killed
+ * while a new flag's write retries and the entry (another hash slot than the
+ * flag) lost in the same failover, state_dir lost with a "done".
+ *
  * A run: posix_spawn() of the command in its own process group, stdin
  * /dev/null, stdout and stderr into one non-blocking pipe watched by
  * ev_io (the first lockout_output_max bytes kept, the rest read and
@@ -31,6 +80,7 @@
  */
 #include "hook.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -59,6 +109,11 @@
 #define HOOK_READS       16 /* per callback: a flood cannot starve the loop */
 #define HOOK_BACKOFF_MAX (86400 * HOOK_SEC)
 #define HOOK_PATH_ENV    "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+/* a state change of an entry that did not reach the replicas (STORE_EREPLICA,
+ * STORE_EUNAVAIL): written again this many times, backoff doubling */
+#define HOOK_DURABLE_TRIES 8
+#define HOOK_DURABLE_FIRST 0.2
+#define HOOK_LOCAL_SUFFIX  ".state"
 
 extern char **environ;
 
@@ -71,7 +126,7 @@ struct hook_settings {
 	char *dir; /* where evidence files go */
 };
 
-enum hook_phase { HP_WAIT = 0, HP_FETCH, HP_RUN, HP_SAVE };
+enum hook_phase { HP_WAIT = 0, HP_FETCH, HP_MARK, HP_RUN, HP_SAVE };
 
 struct hook_job {
 	struct hook_job *next;
@@ -80,8 +135,9 @@ struct hook_job {
 	enum hook_phase phase;
 	bool interrupted; /* found "running": the last run's end is unknown */
 	bool final;
-	bool inflight; /* a store callback is due */
-	bool orphan;   /* stopped while inflight: the callback frees it */
+	bool inflight;   /* a store callback is due */
+	bool orphan;     /* stopped while inflight: the callback frees it */
+	unsigned wtries; /* writes of the current state change (durable retries) */
 	struct hook_entry e;
 	struct store_op op;
 	char buf[STORE_MAX_VALUE];
@@ -107,6 +163,7 @@ static struct {
 	struct ev_loop *loop;
 	struct store *store;
 	struct hook_settings set;
+	char owner[HOOK_OWNER_MAX];
 	struct hook_job *queue;   /* waiting, by due time */
 	struct hook_job *running; /* fetching, running or saving */
 	unsigned nrunning;
@@ -156,6 +213,8 @@ size_t hook_entry_encode(const struct hook_entry *e, char *out, size_t outsz)
 		json_object_set_new(o, "due", json_integer(e->due_us));
 		json_object_set_new(o, "state", json_string(flag_hook_state_name(e->state)));
 		json_object_set_new(o, "attempts", json_integer(e->last.attempts));
+		if (e->owner[0])
+			json_object_set_new(o, "owner", json_string(e->owner));
 		if (e->last.attempts > 0 && e->state != FLAG_HOOK_RUNNING) {
 			json_t *l = json_object();
 			json_object_set_new(l, "exit",
@@ -219,6 +278,7 @@ int hook_entry_decode(const void *val, size_t vlen, struct hook_entry *e, char *
 	                                   : FLAG_HOOK_PENDING;
 	e->last.state = e->state;
 	e->last.attempts = (unsigned)hook_jint(o, "attempts");
+	snprintf(e->owner, sizeof(e->owner), "%s", hook_jstr(o, "owner"));
 	json_t *l = json_object_get(o, "last");
 	if (json_is_object(l)) {
 		json_t *ex = json_object_get(l, "exit");
@@ -358,9 +418,18 @@ static void hook_settings_set(const struct flag_config *fc, const char *state_di
 	else
 		snprintf(dir, sizeof(dir), "/tmp/policyd-hooks.%ld", (long)geteuid());
 	H.set.dir = strdup(dir);
+	char host[256] = "";
+	if (gethostname(host, sizeof(host) - 1) < 0 || host[0] == '\0')
+		snprintf(host, sizeof(host), "localhost");
+	snprintf(H.owner, sizeof(H.owner), "%.255s:%.120s", host, dir);
 	if ((fc->lockout_command && H.set.command == NULL) || (fc->lockout_args && !H.set.args) ||
 	    H.set.dir == NULL)
 		log_err("hook: out of memory copying the settings");
+}
+
+const char *hook_owner(void)
+{
+	return H.owner;
 }
 
 bool hook_enabled(void)
@@ -491,6 +560,12 @@ static bool hook_landed(struct hook_job *j)
 
 static void hook_fetch(struct hook_job *j);
 static void hook_spawn(struct hook_job *j);
+static int hook_local_write(const struct hook_job *j, const char *val, size_t len, char *err,
+                            size_t errsz);
+static int hook_local_read(const char *id, struct hook_entry *e);
+static void hook_mark_send(struct hook_job *j);
+static void hook_on_grace(struct ev_loop *loop, ev_timer *w, int revents);
+static void hook_safe_name(char *out, size_t outsz, const char *id);
 static void hook_finish(struct hook_job *j);
 static void hook_save(struct hook_job *j);
 
@@ -524,6 +599,24 @@ static void hook_store_trouble(struct hook_job *j, const char *what)
 	hook_requeue(j, hook_now() + (int64_t)(HOOK_STORE_RETRY * 1e6));
 }
 
+/* A durable write of j's entry came back short: when to write it again (s), or < 0. */
+static double hook_durable_retry(struct hook_job *j, enum store_status st, const char *step)
+{
+	if ((st != STORE_EREPLICA && st != STORE_EUNAVAIL) || j->wtries >= HOOK_DURABLE_TRIES)
+		return -1;
+	double in = HOOK_DURABLE_FIRST;
+	for (unsigned k = 1; k < j->wtries && in < HOOK_STORE_RETRY; k++)
+		in *= 2;
+	if (in > HOOK_STORE_RETRY)
+		in = HOOK_STORE_RETRY;
+	log_warn("event=hook_write_again id=%s step=%s try=%u in=%.1fs error=\"%s\"", j->id, step,
+	         j->wtries + 1, in,
+	         st == STORE_EUNAVAIL ? "unavailable"
+	         : H.store            ? H.store->err
+	                              : "closed");
+	return in;
+}
+
 static void hook_marked(void *arg, enum store_status st, const struct store_result *res, size_t n)
 {
 	struct hook_job *j = arg;
@@ -531,8 +624,20 @@ static void hook_marked(void *arg, enum store_status st, const struct store_resu
 	if (!hook_landed(j))
 		return;
 	if (st != STORE_OK || n != 1) {
-		hook_store_trouble(j, "mark_running");
-		return;
+		double in = hook_durable_retry(j, st, "mark_running");
+		if (in >= 0) {
+			ev_timer_init(&j->gw, hook_on_grace, in, 0.);
+			j->gw.data = j;
+			ev_timer_start(H.loop, &j->gw);
+			return;
+		}
+		if (st != STORE_EREPLICA) {
+			hook_store_trouble(j, "mark_running");
+			return;
+		}
+		/* on the master, not on a replica: run anyway, hooks/ guards a re-run here */
+		log_err("event=hook_not_replicated id=%s step=mark_running tries=%u error=\"%s\"",
+		        j->id, j->wtries, H.store->err);
 	}
 	/* "running" must be on disk before the command can act */
 	if (H.store->be->flush(H.store) < 0) {
@@ -540,6 +645,52 @@ static void hook_marked(void *arg, enum store_status st, const struct store_resu
 		return;
 	}
 	hook_spawn(j);
+}
+
+/* An attempt's rank: 2 x attempts, + 1 once it ended (pending again, done, failed). */
+static unsigned hook_rank(const struct hook_entry *e)
+{
+	return 2 * e->last.attempts + (e->state == FLAG_HOOK_RUNNING ? 0 : 1);
+}
+
+/*
+ * This host's record (hooks/ID.state) against the store's entry j->e: when
+ * the record is further (the store lost a "running" or a result in a
+ * failover), the record wins.  A result is written back and NOT run again
+ * (true: j is on its way); a "running" makes the next run an interrupted
+ * one (false: go on).
+ */
+static bool hook_local_ahead(struct hook_job *j)
+{
+	struct hook_entry *l = malloc(sizeof(*l));
+	if (l == NULL || hook_local_read(j->id, l) <= 0 || hook_rank(l) <= hook_rank(&j->e)) {
+		free(l);
+		return false;
+	}
+	log_warn("event=hook_store_behind id=%s store_state=%s store_attempts=%u local_state=%s "
+	         "local_attempts=%u (the store lost a write, a failover?: this host's record "
+	         "wins)",
+	         j->id, flag_hook_state_name(j->e.state), j->e.last.attempts,
+	         flag_hook_state_name(l->state), l->last.attempts);
+	if (l->state == FLAG_HOOK_RUNNING) {
+		j->e.state = FLAG_HOOK_RUNNING;
+		j->e.last.attempts = l->last.attempts;
+		j->interrupted = true;
+		free(l);
+		return false;
+	}
+	j->e.state = l->state;
+	j->e.last = l->last;
+	j->e.last.state = l->state;
+	j->e.due_us = l->due_us;
+	j->res = l->last;
+	j->res.state = l->state;
+	j->final = l->state != FLAG_HOOK_PENDING;
+	j->interrupted = false;
+	H.st.restored++;
+	free(l);
+	hook_save(j); /* then done with it, or queued for its retry at due_us */
+	return true;
 }
 
 static void hook_fetched(void *arg, enum store_status st, const struct store_result *res, size_t n)
@@ -562,6 +713,13 @@ static void hook_fetched(void *arg, enum store_status st, const struct store_res
 		hook_done_with(j);
 		return;
 	}
+	if (j->e.owner[0] && strcmp(j->e.owner, H.owner) != 0) {
+		log_info("event=hook_skip id=%s reason=\"owned by %s\"", j->id, j->e.owner);
+		hook_done_with(j);
+		return;
+	}
+	if (hook_local_ahead(j))
+		return;
 	if (j->e.state == FLAG_HOOK_DONE || j->e.state == FLAG_HOOK_FAILED) {
 		log_debug("event=hook_skip id=%s reason=\"already %s\"", j->id,
 		          flag_hook_state_name(j->e.state));
@@ -580,12 +738,28 @@ static void hook_fetched(void *arg, enum store_status st, const struct store_res
 		hook_done_with(j);
 		return;
 	}
+	/* this host's record first: a crash from here on reruns it as interrupted */
+	if (hook_local_write(j, j->buf, len, err, sizeof(err)) < 0) {
+		log_err("event=hook_local_error id=%s error=\"%s\" retry_in=%.0fs", j->id, err,
+		        HOOK_STORE_RETRY);
+		hook_requeue(j, hook_now() + (int64_t)(HOOK_STORE_RETRY * 1e6));
+		return;
+	}
 	memset(&j->op, 0, sizeof(j->op));
 	j->op.kind = STORE_PUT;
 	j->op.rule = HOOK_NS;
 	j->op.subject = j->id;
 	j->op.val = j->buf;
 	j->op.vlen = len;
+	j->op.durable = true;
+	j->wtries = 0;
+	hook_mark_send(j);
+}
+
+static void hook_mark_send(struct hook_job *j)
+{
+	j->phase = HP_MARK;
+	j->wtries++;
 	if (hook_batch(j, hook_marked) != 0)
 		hook_store_trouble(j, "mark_running");
 }
@@ -629,10 +803,9 @@ static int hook_write_all(int fd, const char *p, size_t n)
 	return 0;
 }
 
-/* The evidence file: a few header lines, then the evidence. */
-static int hook_write_evidence(struct hook_job *j, char *err, size_t errsz)
+/* hooks/ exists and is ours. */
+static int hook_dir_ready(char *err, size_t errsz)
 {
-	char name[FLAG_ID_MAX + 16], head[1024];
 	struct stat st;
 	const char *dir = chroot_path(H.set.dir); /* the command runs chrooted too */
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
@@ -643,6 +816,119 @@ static int hook_write_evidence(struct hook_job *j, char *err, size_t errsz)
 		snprintf(err, errsz, "%s: not a directory of ours", dir);
 		return -1;
 	}
+	return 0;
+}
+
+/*
+ * hooks/ID.state: this host's copy of the entry at each state change
+ * (the same JSON), written to a temporary file, fsync'd, renamed over the
+ * old one, the directory fsync'd.  0, or -1 + err.
+ */
+static int hook_local_write(const struct hook_job *j, const char *val, size_t len, char *err,
+                            size_t errsz)
+{
+	char name[FLAG_ID_MAX + 16], path[600], tmp[620];
+	if (hook_dir_ready(err, errsz) < 0)
+		return -1;
+	hook_safe_name(name, sizeof(name), j->id);
+	snprintf(path, sizeof(path), "%s/%s" HOOK_LOCAL_SUFFIX, H.set.dir, name);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		snprintf(err, errsz, "%.300s: %s", tmp, strerror(errno));
+		return -1;
+	}
+	int rc = hook_write_all(fd, val, len);
+	if (rc == 0)
+		rc = fsync(fd);
+	int e = errno;
+	if (close(fd) < 0 && rc == 0) {
+		rc = -1;
+		e = errno;
+	}
+	if (rc == 0 && rename(tmp, path) < 0) {
+		rc = -1;
+		e = errno;
+	}
+	if (rc < 0) {
+		snprintf(err, errsz, "%.300s: %s", tmp, strerror(e));
+		unlink(tmp);
+		return -1;
+	}
+	int dfd = open(H.set.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0 || fsync(dfd) < 0) {
+		snprintf(err, errsz, "%s: fsync: %s", H.set.dir, strerror(errno));
+		if (dfd >= 0)
+			close(dfd);
+		return -1;
+	}
+	close(dfd);
+	return 0;
+}
+
+/* 1 and *e when hooks/ID.state holds an entry for id, 0 when none, -1 unreadable. */
+static int hook_local_read(const char *id, struct hook_entry *e)
+{
+	char name[FLAG_ID_MAX + 16], path[600], buf[STORE_MAX_VALUE], err[200];
+	hook_safe_name(name, sizeof(name), id);
+	snprintf(path, sizeof(path), "%s/%s" HOOK_LOCAL_SUFFIX, H.set.dir, name);
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return 0;
+		log_err("event=hook_local_error id=%s error=\"%s: %s\"", id, path, strerror(errno));
+		return -1;
+	}
+	size_t len = 0;
+	for (;;) {
+		ssize_t r = read(fd, buf + len, sizeof(buf) - len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		len += (size_t)r;
+		if (len == sizeof(buf))
+			break;
+	}
+	close(fd);
+	if (hook_entry_decode(buf, len, e, err, sizeof(err)) < 0 || strcmp(e->id, id) != 0) {
+		log_err("event=hook_local_error id=%s error=\"%s: %s\"", id, path,
+		        strcmp(e->id, id) ? "another flag's record" : err);
+		return -1;
+	}
+	return 1;
+}
+
+/* At start: records of this host older than the store keeps entries go. */
+static void hook_local_sweep(void)
+{
+	DIR *d = opendir(H.set.dir);
+	if (d == NULL)
+		return;
+	time_t before = time(NULL) - (time_t)(HOOK_KEEP_US / HOOK_SEC) - 86400;
+	unsigned gone = 0;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		size_t l = strlen(de->d_name), sl = strlen(HOOK_LOCAL_SUFFIX);
+		struct stat st;
+		if (l <= sl || strcmp(de->d_name + l - sl, HOOK_LOCAL_SUFFIX) != 0)
+			continue;
+		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    S_ISREG(st.st_mode) && st.st_mtime < before &&
+		    unlinkat(dirfd(d), de->d_name, 0) == 0)
+			gone++;
+	}
+	closedir(d);
+	if (gone)
+		log_info("event=hook_local_sweep removed=%u", gone);
+}
+
+/* The evidence file: a few header lines, then the evidence. */
+static int hook_write_evidence(struct hook_job *j, char *err, size_t errsz)
+{
+	char name[FLAG_ID_MAX + 16], head[1024];
+	if (hook_dir_ready(err, errsz) < 0)
+		return -1;
 	hook_safe_name(name, sizeof(name), j->id);
 	snprintf(j->evpath, sizeof(j->evpath), "%s/%s.evidence", dir, name);
 	int fd = open(j->evpath, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -935,6 +1221,10 @@ static void hook_on_grace(struct ev_loop *loop, ev_timer *w, int revents)
 		hook_save(j); /* a retry of a failed store write */
 		return;
 	}
+	if (j->phase == HP_MARK) {
+		hook_mark_send(j); /* the same "running" entry again */
+		return;
+	}
 	/* the command exited but something it started holds the pipe: stop reading */
 	hook_drain(j);
 	hook_close_pipe(j);
@@ -1022,6 +1312,20 @@ static void hook_saved(void *arg, enum store_status st, const struct store_resul
 	(void)res;
 	if (!hook_landed(j))
 		return;
+	double in = st == STORE_OK ? -1 : hook_durable_retry(j, st, "save");
+	if (in >= 0) {
+		ev_timer_init(&j->gw, hook_on_grace, in, 0.);
+		j->gw.data = j;
+		ev_timer_start(H.loop, &j->gw);
+		return;
+	}
+	if (st == STORE_EREPLICA) {
+		/* on the master: go on; a failover that loses it finds hooks/ID.state */
+		log_err("event=hook_not_replicated id=%s step=save tries=%u error=\"%s\"", j->id,
+		        j->wtries, H.store->err);
+		st = STORE_OK;
+		n = 1;
+	}
 	if (st != STORE_OK || n != 1 || H.store->be->flush(H.store) < 0) {
 		/* keep the result in memory and write it again: a success is not run again
 		 * by this process; after a crash it would run with POLICYD_INTERRUPTED=1 */
@@ -1041,13 +1345,23 @@ static void hook_saved(void *arg, enum store_status st, const struct store_resul
 
 static void hook_save(struct hook_job *j)
 {
+	char err[600];
+	if (j->phase != HP_SAVE)
+		j->wtries = 0;
 	j->phase = HP_SAVE;
+	j->wtries++;
 	size_t len = hook_entry_encode(&j->e, j->buf, sizeof(j->buf));
 	if (len == 0) {
 		log_err("event=hook_error id=%s error=\"entry does not fit\"", j->id);
 		hook_done_with(j);
 		return;
 	}
+	/* this host's record of the result, before the store's: a store that loses
+	 * it (a failover) cannot make the command run again here */
+	if (hook_local_write(j, j->buf, len, err, sizeof(err)) < 0)
+		log_err("event=hook_local_error id=%s error=\"%s\" (a failover that loses the "
+		        "result may run it again)",
+		        j->id, err);
 	memset(&j->op, 0, sizeof(j->op));
 	j->op.kind = STORE_PUT;
 	j->op.rule = HOOK_NS;
@@ -1055,6 +1369,7 @@ static void hook_save(struct hook_job *j)
 	j->op.val = j->buf;
 	j->op.vlen = len;
 	j->op.ttl_us = j->final ? (uint64_t)HOOK_KEEP_US : 0;
+	j->op.durable = true;
 	if (hook_batch(j, hook_saved) != 0)
 		hook_saved(j, STORE_EINTERNAL, NULL, 0);
 }
@@ -1063,7 +1378,7 @@ static void hook_save(struct hook_job *j)
 
 struct hook_scan {
 	int64_t now;
-	unsigned pending, interrupted;
+	unsigned pending, interrupted, foreign;
 };
 
 static bool hook_scan_one(void *arg, const char *subject, const struct store_result *res)
@@ -1080,8 +1395,14 @@ static bool hook_scan_one(void *arg, const char *subject, const struct store_res
 		free(e);
 		return true;
 	}
-	if ((e->state == FLAG_HOOK_PENDING || e->state == FLAG_HOOK_RUNNING) &&
-	    !hook_known(e->id)) {
+	bool open = e->state == FLAG_HOOK_PENDING || e->state == FLAG_HOOK_RUNNING;
+	if (open && e->owner[0] && strcmp(e->owner, H.owner) != 0) {
+		sc->foreign++; /* another daemon's: it runs it */
+		log_debug("event=hook_resume_skip id=%s owner=%s", e->id, e->owner);
+	} else if (open && flag_raising(e->id)) {
+		/* written by a raise still waiting for the replicas: it enqueues it */
+		log_debug("event=hook_resume_skip id=%s reason=\"being raised\"", e->id);
+	} else if (open && !hook_known(e->id)) {
 		bool running = e->state == FLAG_HOOK_RUNNING;
 		struct hook_job *j =
 		    hook_job_new(e->id, running || e->due_us < sc->now ? sc->now : e->due_us);
@@ -1107,6 +1428,10 @@ static void hook_scan_done(void *arg, enum store_status st)
 	else if (sc->pending || sc->interrupted)
 		log_warn("event=hook_resume pending=%u interrupted=%u (queued again)", sc->pending,
 		         sc->interrupted);
+	if (st == STORE_OK && sc->foreign)
+		log_info("event=hook_resume_foreign entries=%u (pending or running for another "
+		         "daemon sharing the store: left to it)",
+		         sc->foreign);
 	free(sc);
 	hook_kick();
 }
@@ -1122,6 +1447,7 @@ int hook_start(struct ev_loop *loop, struct store *store, const struct flag_conf
 	hook_settings_set(fc, state_dir);
 	ev_timer_init(&H.kick, hook_on_kick, 0., 0.);
 	H.started = true;
+	hook_local_sweep();
 	if (store->be->list == NULL) {
 		log_warn("event=hook_outbox_scan_skipped store=%s reason=\"the store cannot list "
 		         "keys: lockout hooks left pending by an earlier run are not resumed\"",

@@ -19,8 +19,9 @@
 #include "cache/store.h"
 #include "flag.h"
 
-#define HOOK_NS      "@outbox"
-#define HOOK_KEEP_US (7 * 86400 * (int64_t)1000000) /* a finished entry stays this long */
+#define HOOK_NS        "@outbox"
+#define HOOK_KEEP_US   (7 * 86400 * (int64_t)1000000) /* a finished entry stays this long */
+#define HOOK_OWNER_MAX 384                            /* "hostname:hooks directory" */
 
 /* One outbox entry. */
 struct hook_entry {
@@ -35,6 +36,7 @@ struct hook_entry {
 	int64_t due_us;               /* not before */
 	enum flag_hook_state state;   /* PENDING, RUNNING, DONE or FAILED */
 	struct flag_hook_result last; /* attempts, the last attempt's result */
+	char owner[HOOK_OWNER_MAX];   /* the daemon that runs it ("": any, old entries) */
 };
 
 /* JSON for the store; 0 when it does not fit.  Decode: 0 or -1 + err. */
@@ -55,12 +57,15 @@ void hook_reload(const struct flag_config *fc, const char *state_dir);
 void hook_stop(void);
 /* Is a lockout_command configured? */
 bool hook_enabled(void);
+/* This daemon's name as an outbox entry's owner: "hostname:hooks directory". */
+const char *hook_owner(void);
 /* The outbox entry of flag `id` is durable: run it at due_us or later. */
 void hook_enqueue(const char *id, int64_t due_us);
 
 /* Counters (logs, metrics). */
 struct hook_stats {
 	unsigned long long started, done, failed, retried, timeouts, interrupted;
+	unsigned long long restored; /* results the store had lost, written back from hooks/ */
 	unsigned running, queued;
 };
 void hook_get_stats(struct hook_stats *out);

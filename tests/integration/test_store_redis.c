@@ -20,8 +20,10 @@
  * socket + db, cluster with multi-slot batches), two stores sharing a limit
  * under concurrent batches, NOSCRIPT after SCRIPT FLUSH, wrong password,
  * Redis down at start / killed and restarted / stopped (SIGSTOP) under
- * load with each failure policy, and on the cluster: exact limits, a slot
- * resharded during load (totals compared) and a master failover.
+ * load with each failure policy, durable writes (WAIT: STORE_EREPLICA
+ * without a replica, never on the fallback), and on the cluster: exact
+ * limits, a slot resharded during load (totals compared), a master
+ * failover, and durable writes acknowledged by the replicas.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -2341,6 +2343,186 @@ static void test_cluster_failover(void **state)
 	ev_loop_destroy(loop);
 }
 
+/* ---- durable writes (WAIT) ---- */
+
+static struct store *open_redis_wait(struct ev_loop *loop, const char *url, unsigned replicas,
+                                     unsigned wait_ms, enum store_redis_failure f,
+                                     struct store *fallback)
+{
+	char err[256];
+	struct store_redis_opts o = {
+	    .url = url,
+	    .connect_timeout_ms = 500,
+	    .command_timeout_ms = 500,
+	    .wait_replicas = replicas,
+	    .wait_timeout_ms = wait_ms,
+	    .failure = f,
+	    .fallback = fallback,
+	    .log = log_cb,
+	};
+	struct store *st = store_redis_open(loop, &o, err, sizeof(err));
+	if (st == NULL)
+		fail_msg("store_redis_open(%s): %s", url, err);
+	return st;
+}
+
+/* PUT subject (durable or not), then GET it back: the PUT's status. */
+static enum store_status durable_put(struct ev_loop *loop, struct store *st, const char *subj,
+                                     const char *val, bool durable, bool *found)
+{
+	static uint8_t vals[STORE_MAX_BATCH][STORE_MAX_VALUE];
+	struct store_op put = {.kind = STORE_PUT,
+	                       .rule = "@outbox",
+	                       .subject = subj,
+	                       .val = val,
+	                       .vlen = strlen(val),
+	                       .durable = durable};
+	struct store_op get = {.kind = STORE_GET, .rule = "@outbox", .subject = subj};
+	struct cap c = {.vals = vals};
+	run_batch(loop, st, &put, 1, wall_us(), &c);
+	enum store_status ps = c.st;
+	c.vals = vals;
+	run_batch(loop, st, &get, 1, wall_us(), &c);
+	assert_int_equal(c.st, STORE_OK);
+	*found = c.res[0].found && c.res[0].vlen == strlen(val) &&
+	         memcmp(c.res[0].val, val, c.res[0].vlen) == 0;
+	return ps;
+}
+
+/*
+ * A lone server has no replica: a durable PUT is applied but answered
+ * STORE_EREPLICA after the WAIT timeout; never run on the fallback store;
+ * a plain PUT is not waited for; wait_replicas = 0 waits for nothing.
+ */
+static void test_durable_single(void **state)
+{
+	(void)state;
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	char url[256], subj[64];
+	url_of(url, sizeof(url), "redis://127.0.0.1:%d/6", env_port("PD_REDIS_PORT"));
+	log_reset();
+	struct store *m = open_memory(wall_us());
+	struct store *st = open_redis_wait(loop, url, 1, 50, STORE_REDIS_FAIL_LOCAL, m);
+	wait_ready(loop, st, 5);
+	bool found = false;
+	snprintf(subj, sizeof(subj), "durable-%u", run_id());
+	assert_int_equal(durable_put(loop, st, subj, "v1", true, &found), STORE_EREPLICA);
+	assert_true(found); /* on the master all the same */
+	assert_int_equal(durable_put(loop, st, subj, "v2", false, &found), STORE_OK);
+	assert_true(found);
+	struct store_redis_stats rs;
+	store_redis_stats(st, &rs);
+	assert_int_equal(rs.waits, 1);
+	assert_int_equal(rs.wait_short, 1);
+	assert_int_equal(rs.fallback, 0);
+	assert_true(log_count("0 of 1 replicas acknowledged within 50 ms") >= 1);
+	st->be->close(st);
+
+	st = open_redis_wait(loop, url, 0, 50, STORE_REDIS_FAIL_CLOSED, NULL);
+	wait_ready(loop, st, 5);
+	assert_int_equal(durable_put(loop, st, subj, "v3", true, &found), STORE_OK);
+	assert_true(found);
+	store_redis_stats(st, &rs);
+	assert_int_equal(rs.waits, 0);
+	st->be->close(st);
+	m->be->close(m);
+	ev_loop_destroy(loop);
+}
+
+/*
+ * The cluster (before test_cluster_failover: each master has one replica).  WAIT 1: STORE_OK (the
+ * replica acknowledged); WAIT 2: STORE_EREPLICA.  A batch over several
+ * slots waits on each of their masters.
+ */
+/* every replica of the cluster has its link up and no sync in progress */
+static bool replicas_synced(void)
+{
+	struct cnode nodes[16];
+	unsigned live = 0;
+	while (live < 5 && !ping(cluster_port(live)))
+		live++;
+	size_t nn = cluster_nodes(cluster_port(live), nodes, 16), ok = 0, nr = 0;
+	for (size_t i = 0; i < nn; i++) {
+		if (nodes[i].master)
+			continue;
+		nr++;
+		redisContext *c = admin(nodes[i].port);
+		redisReply *r = c ? cmd(c, "INFO replication") : NULL;
+		if (r && r->type == REDIS_REPLY_STRING && strstr(r->str, "master_link_status:up") &&
+		    strstr(r->str, "master_sync_in_progress:0"))
+			ok++;
+		if (r)
+			freeReplyObject(r);
+		if (c)
+			redisFree(c);
+	}
+	return nr == 3 && ok == nr;
+}
+
+static void test_cluster_durable(void **state)
+{
+	(void)state;
+	struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+	char url[256], subj[64];
+	cluster_url(url, sizeof(url));
+	log_reset();
+	double end = mono() + 30;
+	while (!replicas_synced() && mono() < end)
+		sleep_s(0.1);
+	assert_true(replicas_synced());
+	struct store *st = open_redis_wait(loop, url, 1, 1000, STORE_REDIS_FAIL_CLOSED, NULL);
+	wait_ready(loop, st, 10);
+	bool found = false;
+	unsigned id = run_id();
+	for (unsigned i = 0; i < 20; i++) {
+		snprintf(subj, sizeof(subj), "cdurable-%u-%u", id, i);
+		assert_int_equal(durable_put(loop, st, subj, "x", true, &found), STORE_OK);
+		assert_true(found);
+	}
+	/* one batch, three slots (almost surely three masters): three WAITs */
+	char s1[64], s2[64], s3[64];
+	snprintf(s1, sizeof(s1), "m1-%u", id);
+	snprintf(s2, sizeof(s2), "m2-%u", id);
+	snprintf(s3, sizeof(s3), "m3-%u", id);
+	struct store_op ops[3] = {
+	    {.kind = STORE_PUT,
+	     .rule = "@flag",
+	     .subject = s1,
+	     .val = "a",
+	     .vlen = 1,
+	     .durable = true},
+	    {.kind = STORE_PUT,
+	     .rule = "@flag",
+	     .subject = s2,
+	     .val = "b",
+	     .vlen = 1,
+	     .durable = true},
+	    {.kind = STORE_PUT,
+	     .rule = "@flag",
+	     .subject = s3,
+	     .val = "c",
+	     .vlen = 1,
+	     .durable = true},
+	};
+	struct store_redis_stats rs0, rs;
+	store_redis_stats(st, &rs0);
+	struct cap c = {0};
+	run_batch(loop, st, ops, 3, wall_us(), &c);
+	assert_int_equal(c.st, STORE_OK);
+	store_redis_stats(st, &rs);
+	assert_int_equal(rs.waits - rs0.waits, 3);
+	assert_int_equal(rs.wait_short, 0);
+	st->be->close(st);
+
+	st = open_redis_wait(loop, url, 2, 100, STORE_REDIS_FAIL_CLOSED, NULL);
+	wait_ready(loop, st, 10);
+	snprintf(subj, sizeof(subj), "cdurable2-%u", id);
+	assert_int_equal(durable_put(loop, st, subj, "y", true, &found), STORE_EREPLICA);
+	assert_true(found);
+	st->be->close(st);
+	ev_loop_destroy(loop);
+}
+
 /* ---- main ---- */
 
 int main(void)
@@ -2359,13 +2541,18 @@ int main(void)
 	    cmocka_unit_test(test_kill_closed),    cmocka_unit_test(test_kill_open),
 	    cmocka_unit_test(test_kill_local),     cmocka_unit_test(test_stopped),
 	    cmocka_unit_test(test_merged_tcp),     cmocka_unit_test(test_merged_clock_back),
-	    cmocka_unit_test(test_list),
+	    cmocka_unit_test(test_list),           cmocka_unit_test(test_durable_single),
 	};
 	const struct CMUnitTest cluster[] = {
-	    cmocka_unit_test(test_cluster_keyslot_live), cmocka_unit_test(test_compare_cluster),
-	    cmocka_unit_test(test_cluster_shared_limit), cmocka_unit_test(test_cluster_reshard),
-	    cmocka_unit_test(test_cluster_ask),          cmocka_unit_test(test_cluster_failover),
-	    cmocka_unit_test(test_merged_cluster),       cmocka_unit_test(test_cluster_list),
+	    cmocka_unit_test(test_cluster_keyslot_live),
+	    cmocka_unit_test(test_cluster_durable),
+	    cmocka_unit_test(test_compare_cluster),
+	    cmocka_unit_test(test_cluster_shared_limit),
+	    cmocka_unit_test(test_cluster_reshard),
+	    cmocka_unit_test(test_cluster_ask),
+	    cmocka_unit_test(test_cluster_failover),
+	    cmocka_unit_test(test_merged_cluster),
+	    cmocka_unit_test(test_cluster_list),
 	};
 	int failed = cmocka_run_group_tests_name("store_redis_offline", offline, NULL, NULL);
 	if (env("PD_REDIS_PORT") && env("PD_DIR"))

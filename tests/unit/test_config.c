@@ -462,6 +462,11 @@ static void test_bad_values(void **state)
 	    {false, "max_keys = lots", "max_keys"},
 	    {false, "socket_mode = 0999", "socket_mode"},
 	    {false, "socket_mode = 1777", "socket_mode"},
+	    {false, "redis_wait_replicas = 17", "redis_wait_replicas: '17' (0 .. 16)"},
+	    {false, "redis_wait_replicas = -1", "redis_wait_replicas: '-1'"},
+	    {false, "redis_wait_replicas = one", "redis_wait_replicas: 'one'"},
+	    {false, "redis_wait_timeout = 11s", "redis_wait_timeout: '11s' (1ms .. 10s)"},
+	    {false, "redis_wait_timeout = 0", "redis_wait_timeout: '0'"},
 	    {false, "garbage", "syntax error"},
 	    {false, "[limit r", "syntax error"},
 	    {true, "frobnicate = yes", "unknown parameter 'frobnicate' in [limit r]"},
@@ -487,6 +492,30 @@ static void test_bad_values(void **state)
 	(void)state;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		expect_bad_value(&bad[i]);
+}
+
+/* redis_wait_replicas: 1 on a cluster, 0 on a lone server, unless set. */
+static void test_redis_wait(void **state)
+{
+	(void)state;
+	struct config *c = load_ok("[server]\nstore = redis-cluster://127.0.0.1:7000\n");
+	assert_int_equal(c->redis_wait_replicas, 1);
+	assert_int_equal(c->redis_wait_timeout_ms, 100);
+	config_free(c);
+	c = load_ok("[server]\nstore = redis://127.0.0.1:6379\n");
+	assert_int_equal(c->redis_wait_replicas, 0);
+	config_free(c);
+	c = load_ok("[server]\nstore = memory\n");
+	assert_int_equal(c->redis_wait_replicas, 0);
+	config_free(c);
+	c = load_ok("[server]\nstore = redis://127.0.0.1:6379\nredis_wait_replicas = 2\n"
+	            "redis_wait_timeout = 250ms\n");
+	assert_int_equal(c->redis_wait_replicas, 2);
+	assert_int_equal(c->redis_wait_timeout_ms, 250);
+	config_free(c);
+	c = load_ok("[server]\nstore = redis-cluster://127.0.0.1:7000\nredis_wait_replicas = 0\n");
+	assert_int_equal(c->redis_wait_replicas, 0);
+	config_free(c);
 }
 
 static void test_bad_rates(void **state)
@@ -1385,6 +1414,7 @@ int main(void)
 	    cmocka_unit_test(test_defaults),
 	    cmocka_unit_test(test_every_parameter),
 	    cmocka_unit_test(test_crlf_and_blanks),
+	    cmocka_unit_test(test_redis_wait),
 	    cmocka_unit_test(test_bad_values),
 	    cmocka_unit_test(test_bad_rates),
 	    cmocka_unit_test(test_structure_errors),

@@ -668,6 +668,98 @@ static void test_recovery(void **state)
 	env_free(e);
 }
 
+/* This host's record hooks/ID.state, as policyd writes it. */
+static void local_record(struct env *e, const char *id, const char *account,
+                         enum flag_hook_state st, unsigned attempts)
+{
+	static struct hook_entry h;
+	char buf[STORE_MAX_VALUE], path[200];
+	memset(&h, 0, sizeof(h));
+	snprintf(h.id, sizeof(h.id), "%s", id);
+	snprintf(h.account, sizeof(h.account), "%s", account);
+	h.action = ACT_DEFER;
+	h.raised_us = now_us() - 60 * SEC;
+	h.due_us = h.raised_us;
+	h.state = st;
+	h.last.attempts = attempts;
+	h.last.exit_code = st == FLAG_HOOK_DONE ? 0 : -1;
+	snprintf(h.last.output, sizeof(h.last.output), "locked before");
+	size_t len = hook_entry_encode(&h, buf, sizeof(buf));
+	assert_true(len > 0);
+	buf[len] = '\0';
+	snprintf(path, sizeof(path), "%s/hooks", e->state);
+	(void)mkdir(e->state, 0700);
+	(void)mkdir(path, 0700);
+	snprintf(path, sizeof(path), "%s/hooks/%s.state", e->state, id);
+	write_file(path, buf, 0600);
+}
+
+/*
+ * The store lost writes (a Redis failover) that this host's records in
+ * hooks/ still have: a lost "done" is written back and NOT run again; a
+ * lost "running" makes an interrupted run; another daemon's entry is left.
+ */
+static void test_local_record(void **state)
+{
+	(void)state;
+	struct env *e = env_new();
+	script(e, "rec.sh",
+	       "echo \"$POLICYD_FLAG_ID $POLICYD_ATTEMPT $POLICYD_RETRY "
+	       "$POLICYD_INTERRUPTED\" >> @DIR@/runs\n");
+	char err[256];
+	struct store_memory_opts mo = {.state_dir = e->state};
+	e->store = store_memory_open(&mo, now_us(), err, sizeof(err));
+	assert_non_null(e->store);
+	put_entry(e, "id-lost-done", "lena", FLAG_HOOK_RUNNING, 1);
+	local_record(e, "id-lost-done", "lena", FLAG_HOOK_DONE, 1);
+	put_entry(e, "id-lost-running", "max", FLAG_HOOK_PENDING, 0);
+	local_record(e, "id-lost-running", "max", FLAG_HOOK_RUNNING, 1);
+	put_entry(e, "id-behind-ok", "nina", FLAG_HOOK_PENDING, 1); /* a retry, recorded */
+	local_record(e, "id-behind-ok", "nina", FLAG_HOOK_PENDING, 1);
+	/* another daemon's entry: left to it */
+	static struct hook_entry h;
+	static char buf[STORE_MAX_VALUE];
+	memset(&h, 0, sizeof(h));
+	snprintf(h.id, sizeof(h.id), "id-foreign");
+	snprintf(h.account, sizeof(h.account), "olga");
+	snprintf(h.owner, sizeof(h.owner), "elsewhere:/var/lib/policyd/hooks");
+	h.action = ACT_DEFER;
+	h.state = FLAG_HOOK_PENDING;
+	h.last.exit_code = -1;
+	size_t len = hook_entry_encode(&h, buf, sizeof(buf));
+	struct store_op op = {
+	    .kind = STORE_PUT, .rule = HOOK_NS, .subject = "id-foreign", .val = buf, .vlen = len};
+	assert_int_equal(store_batch(e->store, &op, 1, now_us(), put_cb, NULL), 0);
+
+	env_start(e, "rec.sh", NULL, NULL);
+	wait_state(e, "id-lost-done", FLAG_HOOK_DONE, 5);
+	wait_state(e, "id-lost-running", FLAG_HOOK_DONE, 5);
+	wait_state(e, "id-behind-ok", FLAG_HOOK_DONE, 5);
+	spin_for(0.3);
+	char path[160];
+	snprintf(path, sizeof(path), "%s/runs", e->dir);
+	char *runs = slurp(path);
+	assert_int_equal(count_lines(path), 2);
+	assert_null(strstr(runs, "id-lost-done"));
+	assert_non_null(strstr(runs, "id-lost-running 2 1 1\n"));
+	assert_non_null(strstr(runs, "id-behind-ok 2 1 0\n"));
+	assert_int_equal(outbox(e, "id-foreign")->state, FLAG_HOOK_PENDING);
+	assert_int_equal(outbox(e, "id-lost-done")->last.exit_code, 0);
+	struct hook_stats st;
+	hook_get_stats(&st);
+	assert_int_equal(st.restored, 1);
+	/* every run leaves its record */
+	snprintf(path, sizeof(path), "%s/hooks/id-lost-running.state", e->state);
+	assert_non_null(strstr(slurp(path), "\"state\":\"done\""));
+	/* a flag raised here is owned here */
+	char id[FLAG_ID_MAX];
+	snprintf(id, sizeof(id), "%s", raise1("pia"));
+	wait_state(e, id, FLAG_HOOK_DONE, 5);
+	assert_string_equal(outbox(e, id)->owner, hook_owner());
+	assert_non_null(strstr(hook_owner(), "/state/hooks"));
+	env_free(e);
+}
+
 /* A stop while the command runs: killed, "running" kept, run again at the start. */
 static void test_stop_restart(void **state)
 {
@@ -727,6 +819,7 @@ int main(void)
 	    cmocka_unit_test(test_flood),        cmocka_unit_test(test_cannot_run),
 	    cmocka_unit_test(test_concurrency),  cmocka_unit_test(test_recovery),
 	    cmocka_unit_test(test_stop_restart), cmocka_unit_test(test_delay),
+	    cmocka_unit_test(test_local_record),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
