@@ -804,10 +804,16 @@ static int hook_write_all(int fd, const char *p, size_t n)
 }
 
 /* hooks/ exists and is ours. */
+/* The hooks directory as seen now (inside a chroot: without its prefix). */
+static const char *hook_dir(void)
+{
+	return chroot_path(H.set.dir);
+}
+
 static int hook_dir_ready(char *err, size_t errsz)
 {
 	struct stat st;
-	const char *dir = chroot_path(H.set.dir); /* the command runs chrooted too */
+	const char *dir = hook_dir(); /* the command runs chrooted too */
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
 		snprintf(err, errsz, "%s: %s", dir, strerror(errno));
 		return -1;
@@ -831,7 +837,7 @@ static int hook_local_write(const struct hook_job *j, const char *val, size_t le
 	if (hook_dir_ready(err, errsz) < 0)
 		return -1;
 	hook_safe_name(name, sizeof(name), j->id);
-	snprintf(path, sizeof(path), "%s/%s" HOOK_LOCAL_SUFFIX, H.set.dir, name);
+	snprintf(path, sizeof(path), "%s/%s" HOOK_LOCAL_SUFFIX, hook_dir(), name);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
@@ -855,9 +861,9 @@ static int hook_local_write(const struct hook_job *j, const char *val, size_t le
 		unlink(tmp);
 		return -1;
 	}
-	int dfd = open(H.set.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int dfd = open(hook_dir(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0 || fsync(dfd) < 0) {
-		snprintf(err, errsz, "%s: fsync: %s", H.set.dir, strerror(errno));
+		snprintf(err, errsz, "%s: fsync: %s", hook_dir(), strerror(errno));
 		if (dfd >= 0)
 			close(dfd);
 		return -1;
@@ -871,7 +877,7 @@ static int hook_local_read(const char *id, struct hook_entry *e)
 {
 	char name[FLAG_ID_MAX + 16], path[600], buf[STORE_MAX_VALUE], err[200];
 	hook_safe_name(name, sizeof(name), id);
-	snprintf(path, sizeof(path), "%s/%s" HOOK_LOCAL_SUFFIX, H.set.dir, name);
+	snprintf(path, sizeof(path), "%s/%s" HOOK_LOCAL_SUFFIX, hook_dir(), name);
 	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0) {
 		if (errno == ENOENT)
@@ -902,7 +908,7 @@ static int hook_local_read(const char *id, struct hook_entry *e)
 /* At start: records of this host older than the store keeps entries go. */
 static void hook_local_sweep(void)
 {
-	DIR *d = opendir(H.set.dir);
+	DIR *d = opendir(hook_dir());
 	if (d == NULL)
 		return;
 	time_t before = time(NULL) - (time_t)(HOOK_KEEP_US / HOOK_SEC) - 86400;
@@ -930,7 +936,7 @@ static int hook_write_evidence(struct hook_job *j, char *err, size_t errsz)
 	if (hook_dir_ready(err, errsz) < 0)
 		return -1;
 	hook_safe_name(name, sizeof(name), j->id);
-	snprintf(j->evpath, sizeof(j->evpath), "%s/%s.evidence", dir, name);
+	snprintf(j->evpath, sizeof(j->evpath), "%s/%s.evidence", hook_dir(), name);
 	int fd = open(j->evpath, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		snprintf(err, errsz, "%s: %s", j->evpath, strerror(errno));
