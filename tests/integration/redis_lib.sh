@@ -48,14 +48,19 @@ ok() { # STATUS DESCRIPTION
 diag() { echo "# $*"; }
 
 USED=" "
-free_port() { # a free 127.0.0.1 port in PORT_LO..PORT_HI not handed out before
-	local p tries=0 span=$((PORT_HI - PORT_LO + 1))
+# a free 127.0.0.1 port in PORT_LO..PORT_HI not handed out before; with
+# BUS_OFFSET set (10000: Redis's default cluster bus), that port + BUS_OFFSET
+# free too
+free_port() {
+	local p tries=0 span=$((PORT_HI - PORT_LO + 1)) bus
 	while ((tries < 500)); do
 		p=$((PORT_LO + RANDOM % span))
 		tries=$((tries + 1))
 		case "$USED" in *" $p "*) continue ;; esac
+		bus=$p
+		[[ -n ${BUS_OFFSET:-} ]] && bus=$((p + BUS_OFFSET))
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null &&
-			! ss -Htan "( sport = :$p )" 2>/dev/null | grep -q .; then
+			! ss -Htan "( sport = :$p or sport = :$bus )" 2>/dev/null | grep -q .; then
 			USED="$USED$p "
 			echo "$p"
 			return 0
@@ -71,8 +76,9 @@ forget() { # PID: reaped, never signal that number again
 	PIDS=("${keep[@]}")
 }
 
-stop() { # PID [SIGNAL]
+stop() { # PID [SIGNAL]: also a SIGSTOPped one
 	local pid=$1 i
+	kill -CONT "$pid" 2>/dev/null
 	kill "-${2:-TERM}" "$pid" 2>/dev/null
 	for i in $(seq 1 100); do
 		kill -0 "$pid" 2>/dev/null || break

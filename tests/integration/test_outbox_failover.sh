@@ -50,85 +50,15 @@ fi
 PLO=${PORTS%-*}
 PHI=${PORTS#*-}
 
-T=$(mktemp -d /tmp/pd-outbox.XXXXXX)
-PIDS=()
+PORT_LO=$PLO
+PORT_HI=$PHI
+BUS_OFFSET=10000
+TMP_PREFIX=pd-outbox
+# shellcheck source=tests/integration/redis_lib.sh
+. "$(dirname "$0")/redis_lib.sh"
 STOPPED=() # SIGSTOPped redis PIDs
-
-cleanup() {
-	local pid i alive
-	for pid in "${PIDS[@]}"; do
-		kill -CONT "$pid" 2>/dev/null
-		kill -TERM "$pid" 2>/dev/null
-	done
-	for i in $(seq 1 50); do
-		alive=0
-		for pid in "${PIDS[@]}"; do
-			kill -0 "$pid" 2>/dev/null && alive=1
-		done
-		[[ $alive == 0 ]] && break
-		sleep 0.1
-	done
-	for pid in "${PIDS[@]}"; do
-		kill -KILL "$pid" 2>/dev/null
-	done
-	if [[ -n ${KEEP_DIR:-} || ${FAILED:-0} != 0 ]]; then
-		echo "# logs kept in $T"
-	else
-		rm -rf "$T"
-	fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-N=0
-FAILED=0
-ok() { # STATUS DESCRIPTION
-	N=$((N + 1))
-	if [[ $1 == 0 ]]; then
-		echo "ok $N - $2"
-	else
-		echo "not ok $N - $2"
-		FAILED=$((FAILED + 1))
-	fi
-}
-diag() { echo "# $*"; }
 t0=$(date +%s.%N)
 elapsed() { awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
-
-USED=" "
-free_port() { # a port whose bus port (+10000) is free too
-	local p tries=0
-	while ((tries < 500)); do
-		p=$((PLO + RANDOM % (PHI - PLO + 1)))
-		tries=$((tries + 1))
-		case "$USED" in *" $p "*) continue ;; esac
-		if ! ss -Htan "( sport = :$p or sport = :$((p + 10000)) )" 2>/dev/null | grep -q .; then
-			USED="$USED$p "
-			echo "$p"
-			return 0
-		fi
-	done
-	echo "no free port in $PORTS" >&2
-	return 1
-}
-forget() {
-	local p keep=()
-	for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-	PIDS=("${keep[@]}")
-}
-stop() { # PID [SIGNAL]
-	local pid=$1 i
-	kill -CONT "$pid" 2>/dev/null
-	kill "-${2:-TERM}" "$pid" 2>/dev/null
-	for i in $(seq 1 100); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.05
-	done
-	kill -KILL "$pid" 2>/dev/null
-	wait "$pid" 2>/dev/null
-	forget "$pid"
-}
-rcli() { "$REDIS_CLI" -h 127.0.0.1 -p "$@"; }
 # wait_for SECONDS COMMAND...: poll every 0.1 s
 wait_for() {
 	local end
