@@ -1171,7 +1171,7 @@ static json_t *flag_json_active(const char *account, const struct flag_record *r
 
 static void flag_json_reply(flag_json_cb *cb, void *arg, int rc, const char *msg, json_t *j)
 {
-	char *s = j ? json_dumps(j, JSON_COMPACT) : strdup(msg);
+	char *s = j ? json_dumps(j, JSON_COMPACT) : strdup(msg ? msg : "out of memory");
 	if (j)
 		json_decref(j);
 	cb(arg, s ? rc : -1, s);
