@@ -490,8 +490,8 @@ static void anomaly_text(struct anomaly_component *k)
 		            k->a > 0 ? " (first use)" : " (recent)");
 		break;
 	case ANOMALY_K_BOUNCE:
-		anomaly_fmt(o, n, "bounces %.0f%% of %.0f (at least %.0f%%)", 100 * k->a, k->b,
-		            100 * k->c);
+		anomaly_fmt(o, n, "bounce ratio %.0f%% (usual %.0f%%) over %.0f recipients",
+		            100 * k->a, 100 * k->b, k->c);
 		break;
 	case ANOMALY_K_CONCURRENT:
 		anomaly_fmt(o, n, "the usual network was used %.0f min ago", k->a);
@@ -513,6 +513,26 @@ void anomaly_texts(struct anomaly_result *r)
 	for (size_t i = 0; i < r->n; i++)
 		anomaly_text(&r->c[i]);
 	r->texts = true;
+}
+
+/*
+ * The bounce component (anomaly-notes.md §6): the recent window needs
+ * ANOMALY_BOUNCE_MIN_N outcomes and ANOMALY_BOUNCE_MIN_K bounces, its
+ * Wilson 95 % lower bound must exceed both 5 % (SES's review level) and
+ * twice the account's usual ratio, and the recent ratio must be
+ * ANOMALY_BOUNCE_BITS unlikely under the usual one (KL divergence times
+ * the outcomes, ~ log2 of the likelihood ratio); 10 points there, 3 more
+ * per point of lower bound above the threshold, at most 35.
+ */
+unsigned anomaly_bounce_points(const struct profile_features *f)
+{
+	double thr = 2 * f->bounce_usual > ANOMALY_BOUNCE_FLOOR ? 2 * f->bounce_usual
+	                                                         : ANOMALY_BOUNCE_FLOOR;
+	if (f->bounce_n < ANOMALY_BOUNCE_MIN_N ||
+	    f->bounce_recent * f->bounce_n < ANOMALY_BOUNCE_MIN_K || f->bounce_lb <= thr ||
+	    f->bounce_bits < ANOMALY_BOUNCE_BITS)
+		return 0;
+	return anomaly_pts(10 + (f->bounce_lb - thr) * 300, 35);
 }
 
 /*
@@ -631,8 +651,15 @@ void anomaly_score(const struct anomaly_conf *c, const struct anomaly_input *in,
 
 	/* two places at once: a new country while a settled network of the
 	 * account is in use (the owner at home, a hijacker abroad; a
-	 * traveller's home network is idle; a new ASN at home is a phone) */
-	if (new_country && f->other_net && f->other_idle_s < ANOMALY_CONCUR_S) {
+	 * traveller's home network is idle; a new ASN at home is a phone) --
+	 * unless the settled network itself is sending unusually many new
+	 * recipients (more than 4 bits from the usual share, the novelty
+	 * component's allowance) at the time: then one person is doing one
+	 * unusual thing over two networks (a VPN toggled during an
+	 * invitation), and a hijacker's recipients never touch the owner's
+	 * networks' window */
+	bool home_too = f->home_nov_n >= 5 && f->home_nov_bits > 4;
+	if (new_country && f->other_net && f->other_idle_s < ANOMALY_CONCUR_S && !home_too) {
 		if (anomaly_add(r, ANOMALY_CONCURRENT, ANOMALY_K_CONCURRENT, ANOMALY_CONCUR_PTS,
 		                f->other_idle_s / 60, 0, 0))
 			fam[ANOMALY_CONCURRENT] = ANOMALY_CONCUR_PTS;
@@ -666,13 +693,12 @@ void anomaly_score(const struct anomaly_conf *c, const struct anomaly_input *in,
 		}
 	}
 
-	/* bounces, where NDR detection feeds the profile */
-	if (f->out_sent >= 20 && f->bounce_lb > 0.05) {
-		unsigned p = anomaly_pts((f->bounce_lb - 0.05) * 400 + 10, 35);
-		if (anomaly_add(r, ANOMALY_BOUNCE, ANOMALY_K_BOUNCE, p,
-		                f->out_bounced / f->out_sent, f->out_sent, f->bounce_lb))
-			fam[ANOMALY_BOUNCE] = p;
-	}
+	/* bounces (NDR detection feeds the profile): the recent ratio against
+	 * the account's usual one, once there are enough outcomes */
+	unsigned bp = anomaly_bounce_points(f);
+	if (bp && (k = anomaly_add(r, ANOMALY_BOUNCE, ANOMALY_K_BOUNCE, bp, f->bounce_recent,
+	                           f->bounce_usual, f->bounce_n)))
+		fam[ANOMALY_BOUNCE] = bp;
 
 	unsigned sum = 0;
 	for (int i = 0; i < ANOMALY__FAMILIES; i++)

@@ -76,7 +76,7 @@ enum anomaly_kind {
 	ANOMALY_K_PREFIX,     /* u: ASN (0: unknown), s: network */
 	ANOMALY_K_DNSBL,      /* s: client, s2: zone, u: code, a: on the usual provider */
 	ANOMALY_K_SENDER,     /* s: sender, s2: login, a: first use */
-	ANOMALY_K_BOUNCE,     /* a: share, b: sent, c: lower bound */
+	ANOMALY_K_BOUNCE,     /* a: recent ratio, b: usual ratio, c: recent outcomes */
 	ANOMALY_K_CONCURRENT, /* a: minutes since the settled network was used */
 	ANOMALY_K_HOURS,      /* u: hour, a: usual share */
 	ANOMALY_K_PERSIST,    /* a: accumulated points */
@@ -130,6 +130,13 @@ void anomaly_finish(struct pipeline_ctx *x);
 /* The score of one request (pure; exposed for the tests). */
 void anomaly_score(const struct anomaly_conf *c, const struct anomaly_input *in,
                    struct anomaly_result *r);
+
+/* The bounce component's points for these features (0: none). */
+#define ANOMALY_BOUNCE_MIN_N 20   /* outcomes in the recent window */
+#define ANOMALY_BOUNCE_MIN_K 5    /* bounces in it */
+#define ANOMALY_BOUNCE_FLOOR 0.05 /* the lower bound must exceed this (and 2x usual) */
+#define ANOMALY_BOUNCE_BITS  10.0 /* and the recent ratio this unlikely under the usual */
+unsigned anomaly_bounce_points(const struct profile_features *f);
 
 /* Make the components' texts (once). */
 void anomaly_texts(struct anomaly_result *r);

@@ -501,6 +501,79 @@ static void test_score_context(void **state)
 	anomaly_score(&c, &in, &r);
 	assert_int_equal(r.families, 0);
 	assert_false(r.flag);
+
+	/* a new country while the settled network was used a minute ago ... */
+	f.cc_known = false;
+	f.other_idle_s = 60;
+	f.home_nov = 0.3;
+	f.home_nov_n = 20;
+	f.home_nov_bits = 0;
+	anomaly_score(&c, &in, &r);
+	anomaly_components_text(&r, "; ", text, sizeof(text));
+	assert_non_null(strstr(text, "the usual network was used 1 min ago"));
+	/* ... is one user on two networks (a VPN toggled) when the settled
+	 * network sends the same unusual recipients at the time */
+	f.home_nov = 0.95;
+	f.home_nov_bits = profile_kl_bits(0.95, f.nov_base > 0 ? f.nov_base : 0.3, 20);
+	anomaly_score(&c, &in, &r);
+	anomaly_components_text(&r, "; ", text, sizeof(text));
+	assert_null(strstr(text, "the usual network was used"));
+}
+
+/* The bounce component: minimum counts, the threshold (5 % and twice the
+ * usual ratio), its text, and that it is evidence about what is sent. */
+static void test_score_bounce(void **state)
+{
+	(void)state;
+	struct anomaly_conf c;
+	anomaly_section.defaults(&c);
+	struct profile_features f;
+	struct anomaly_result r;
+	char text[600];
+	memset(&f, 0, sizeof(f));
+	f.maturity = 1;
+	f.hour_share = -1;
+	/* 15 of the last 40 recipients bounced, usually 2 % */
+	f.bounce_recent = 15.0 / 40;
+	f.bounce_n = 40;
+	f.bounce_usual = 0.02;
+	f.bounce_lb = profile_wilson_lb(15, 40, 1.96);
+	f.bounce_bits = profile_kl_bits(f.bounce_recent, f.bounce_usual, f.bounce_n);
+	assert_true(anomaly_bounce_points(&f) == 35);
+	struct anomaly_input in = {.f = &f,
+	                           .client = "203.0.113.9",
+	                           .network = "203.0.113.0/24",
+	                           .asn = 64500,
+	                           .cc = "NL",
+	                           .login = "a@example.org",
+	                           .sender = "a@example.org",
+	                           .since_s = 600};
+	anomaly_score(&c, &in, &r);
+	anomaly_components_text(&r, "; ", text, sizeof(text));
+	assert_string_equal(text, "bounce ratio 38% (usual 2%) over 40 recipients [+35]");
+	assert_int_equal(r.families, 1); /* evidence about what is sent, alone */
+	assert_false(r.flag);
+	/* with a login from a new country: two kinds of evidence */
+	f.net_any_settled = true;
+	anomaly_score(&c, &in, &r);
+	assert_int_equal(r.families, 2);
+	assert_true(r.score >= 60);
+	/* too few outcomes, or too few bounces: nothing */
+	f.bounce_n = 19;
+	assert_int_equal(anomaly_bounce_points(&f), 0);
+	f.bounce_n = 40;
+	f.bounce_recent = 4.0 / 40;
+	f.bounce_lb = profile_wilson_lb(4, 40, 1.96);
+	f.bounce_bits = profile_kl_bits(f.bounce_recent, 0.02, 40);
+	assert_int_equal(anomaly_bounce_points(&f), 0);
+	/* 25 % of 40 is news for an account at 2 %, not for one at 15 % */
+	f.bounce_recent = 0.25;
+	f.bounce_lb = profile_wilson_lb(10, 40, 1.96);
+	f.bounce_bits = profile_kl_bits(0.25, 0.02, 40);
+	assert_true(anomaly_bounce_points(&f) >= 10);
+	f.bounce_usual = 0.15;
+	f.bounce_bits = profile_kl_bits(0.25, 0.15, 40);
+	assert_int_equal(anomaly_bounce_points(&f), 0);
 }
 
 int main(void)
@@ -514,6 +587,7 @@ int main(void)
 	    cmocka_unit_test(test_bad_profile),
 	    cmocka_unit_test(test_score_rules),
 	    cmocka_unit_test(test_score_context),
+	    cmocka_unit_test(test_score_bounce),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
