@@ -161,7 +161,27 @@ extern const struct module anomaly_module;
 struct anomaly_stats {
 	unsigned long long scored, warned, held, deferred, flagged, flag_dry;
 	unsigned long long bad_profiles, bad_addresses, no_room;
+	/* NDR outcomes: noted, learned by a profile, for a principal without
+	 * one, dropped (queue full, store error) */
+	unsigned long long outcomes, outcomes_applied, outcomes_no_profile, outcomes_dropped;
 };
+
+/*
+ * NDR detection's outcomes into the stored profiles (ndr_module.c): the
+ * final outcome of one recipient of the principal, bounced = for a reason
+ * that indicts the sender (ndr_class_indicts).  Queued, then written within
+ * a second (with a loop) or at anomaly_outcomes_flush(); nothing happens
+ * unless attached to a store and [anomaly] is enabled.  The anomaly module
+ * attaches the daemon's store; tests attach their own (loop NULL: only
+ * flush writes).
+ */
+struct ev_loop;
+struct store;
+void anomaly_outcomes_attach(struct store *s, const struct config *cfg, struct ev_loop *loop);
+void anomaly_note_outcome(const char *principal, bool bounced, int64_t t_us);
+void anomaly_outcomes_flush(void);
+/* Flush what the store answers at once, drop the rest, detach. */
+void anomaly_outcomes_detach(void);
 extern struct anomaly_stats anomaly_stats;
 
 #endif

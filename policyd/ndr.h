@@ -147,6 +147,12 @@ struct ndr_actions {
 	void (*hold)(void *arg, const char *queue_id, const char *principal, const char *why);
 	/* the pickup limit was exceeded (logged by the module) */
 	void (*pickup_over)(void *arg, const char *key, const char *queue_id);
+	/* the final outcome of one recipient charged to a principal (delivered,
+	 * bounced or expired; not a deferral): bounced = a failure whose class
+	 * indicts the sender and is not a receiver-wide problem (the anomaly
+	 * profile's bounce ratio) */
+	void (*outcome)(void *arg, const char *principal, enum ndr_kind kind, bool bounced,
+	                int64_t t_us);
 	void *arg;
 };
 

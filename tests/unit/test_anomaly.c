@@ -4,8 +4,10 @@
  * start, a learned account against a hijack (components, verdict parts,
  * dry run, the flag and its evidence), sender forgery, an exploit-listed
  * client, what a refused request teaches, a corrupt stored profile, the
- * size of the stored profile, and the scoring rules themselves (volume
- * from a new network, two places at once, sustained evidence).
+ * size of the stored profile, the scoring rules themselves (volume from
+ * a new network, two places at once, sustained evidence, the bounce
+ * ratio), and bounces from real log lines (the NDR tracker) reaching the
+ * stored profile.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -24,6 +26,7 @@
 #include "policyd/config.h"
 #include "policyd/dns.h"
 #include "policyd/flag.h"
+#include "policyd/ndr.h"
 #include "policyd/pipeline.h"
 
 #define DAY  86400LL
@@ -576,6 +579,141 @@ static void test_score_bounce(void **state)
 	assert_int_equal(anomaly_bounce_points(&f), 0);
 }
 
+/* ---- bounces from the log (ndr.c) into the stored profile */
+
+static void to_profile(void *arg, const char *principal, enum ndr_kind kind, bool bounced,
+                       int64_t t_us)
+{
+	(void)arg;
+	(void)kind;
+	anomaly_note_outcome(principal, bounced, t_us);
+}
+
+static struct classify_db *load_patterns(void)
+{
+	const char *root = getenv("POLICYD_SOURCE_ROOT");
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/data/ndr-patterns.conf", root ? root : "..");
+	FILE *f = fopen(path, "rb");
+	if (f == NULL)
+		fail_msg("cannot read %s (set POLICYD_SOURCE_ROOT)", path);
+	static char buf[1 << 20];
+	size_t len = fread(buf, 1, sizeof(buf), f);
+	fclose(f);
+	struct classify_source src = {"ndr-patterns.conf", buf, len};
+	struct classify_diag d;
+	struct classify_db *db = classify_db_load(&src, 1, &d);
+	if (db == NULL)
+		fail_msg("patterns: line %zu: %s", d.line, d.msg);
+	return db;
+}
+
+static void logline(struct ndr *n, int64_t t, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void logline(struct ndr *n, int64_t t, const char *fmt, ...)
+{
+	char line[2048];
+	va_list ap;
+	int len = snprintf(line, sizeof(line), "2020-01-01T00:00:00Z out1 postfix/");
+	va_start(ap, fmt);
+	len += vsnprintf(line + len, sizeof(line) - (size_t)len, fmt, ap);
+	va_end(ap);
+	ndr_feed_line(n, line, (size_t)len, t * 1000000);
+}
+
+/* One message of login from the log: nrcpt recipients, the first nbad
+ * rejected as unknown users by the receiver. */
+static void logged_message(struct ndr *n, int64_t t, unsigned id, const char *login,
+                           unsigned nrcpt, unsigned nbad)
+{
+	char qid[16];
+	snprintf(qid, sizeof(qid), "%010X", 0xB0000000u + id);
+	logline(n, t,
+	        "submission/smtpd[4242]: %s: client=mua.example.net[198.51.100.7], "
+	        "sasl_method=PLAIN, sasl_username=%s",
+	        qid, login);
+	for (unsigned i = 0; i < nrcpt; i++) {
+		if (i < nbad)
+			logline(n, t + 1,
+			        "smtp[4243]: %s: to=<x%u.%u@example.net>, "
+			        "relay=mx.example.net[203.0.113.9]:25, delay=1.2, "
+			        "delays=0.1/0/0.5/0.6, dsn=5.1.1, status=bounced (host "
+			        "mx.example.net[203.0.113.9] said: 550 5.1.1 <x@example.net>: "
+			        "Recipient address rejected: User unknown (in reply to RCPT TO "
+			        "command))",
+			        qid, id, i);
+		else
+			logline(n, t + 1,
+			        "smtp[4243]: %s: to=<c%u@example.org>, "
+			        "relay=mx.example.org[203.0.113.10]:25, delay=1.2, "
+			        "delays=0.1/0/0.5/0.6, dsn=2.0.0, status=sent (250 2.0.0 Ok: "
+			        "queued as 4F1A2B3C4D)",
+			        qid, (id * 7 + i) % 20);
+	}
+	logline(n, t + 2, "qmgr[4244]: %s: removed", qid);
+}
+
+/* Real log lines, attributed by the NDR tracker, reach the account's
+ * stored profile: ordinary deliveries make no component, a run of
+ * unknown users does ("bounce ratio ... (usual 2%) over N recipients"),
+ * and outcomes of a principal without a profile are not stored. */
+static void test_outcomes_from_log(void **state)
+{
+	(void)state;
+	struct env *e = env_new("");
+	int64_t t = learn_month(e, "dave@example.org");
+	struct ndr_conf nc;
+	ndr_conf_defaults(&nc);
+	struct classify_db *db = load_patterns();
+	struct ndr_actions act = {.outcome = to_profile};
+	struct ndr *n = ndr_new(&nc, e->cfg, db, &act);
+	assert_non_null(n);
+	anomaly_outcomes_attach(e->store, e->cfg, NULL);
+
+	/* a week of ordinary mail: 60 recipients, one unknown */
+	unsigned long long applied = anomaly_stats.outcomes_applied;
+	for (unsigned m = 0; m < 30; m++)
+		logged_message(n, t + 3600 + m * 600, m, "dave@example.org", 2, m == 10);
+	anomaly_outcomes_flush();
+	assert_int_equal(anomaly_stats.outcomes_applied, applied + 60);
+	const struct anomaly_result *r =
+	    rcpt(e, t + 6 * HOUR, "dave@example.org", "dave@example.org",
+	         "colleague3@example.org", "198.51.100.7", "o1");
+	assert_false(has(r, "bounce ratio"));
+
+	/* then 30 recipients to a harvested list: 21 unknown users */
+	for (unsigned m = 0; m < 10; m++)
+		logged_message(n, t + 7 * HOUR + m * 60, 100 + m, "dave@example.org", 3, 2 + (m & 1));
+	anomaly_outcomes_flush();
+	assert_int_equal(anomaly_stats.outcomes_applied, applied + 90);
+	r = rcpt(e, t + 8 * HOUR, "dave@example.org", "dave@example.org", "colleague4@example.org",
+	         "198.51.100.7", "o2");
+	assert_true(has(r, "bounce ratio "));
+	bool found = false;
+	for (size_t i = 0; i < r->n; i++)
+		if (r->c[i].kind == ANOMALY_K_BOUNCE) {
+			found = true;
+			assert_int_equal(r->c[i].family, ANOMALY_BOUNCE);
+			assert_true(r->c[i].points >= 30);
+			assert_true(r->c[i].a > 0.4);  /* recent */
+			assert_true(r->c[i].b < 0.08); /* usual: the run was not learned */
+			assert_true(r->c[i].c >= 20);  /* recipients in the recent window */
+		}
+	assert_true(found);
+
+	/* nobody scored "erin": her outcomes have no profile to go to */
+	unsigned long long none = anomaly_stats.outcomes_no_profile;
+	logged_message(n, t + 9 * HOUR, 500, "erin@example.org", 3, 1);
+	anomaly_outcomes_flush();
+	assert_int_equal(anomaly_stats.outcomes_no_profile, none + 3);
+
+	anomaly_outcomes_detach();
+	ndr_free(n);
+	classify_db_free(db);
+	ndr_config_section.free(&nc);
+	env_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -588,6 +726,7 @@ int main(void)
 	    cmocka_unit_test(test_score_rules),
 	    cmocka_unit_test(test_score_context),
 	    cmocka_unit_test(test_score_bounce),
+	    cmocka_unit_test(test_outcomes_from_log),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
