@@ -879,9 +879,9 @@ int profile_decode(struct profile *p, const uint8_t *in, size_t len)
 	    p->nov_sk > p->nov_sn * 1.001f + 0.01f || p->nov_lk < 0 ||
 	    p->nov_lk > p->nov_ln * 1.001f + 0.01f || p->rate_r < 0 || p->rate_m < 0 ||
 	    p->out_sent < 0 || p->out_bounced < 0 || p->persist < 0 || p->rate_md < 0 ||
-	    p->md_var < 0 || p->budget < 0 || p->hn_sk < 0 || p->hn_sk > p->hn_sn * 1.001f + 0.01f ||
-	    p->ob_sk < 0 || p->ob_sk > p->ob_sn * 1.001f + 0.01f ||
-	    p->out_bounced > p->out_sent * 1.001f + 0.01f)
+	    p->md_var < 0 || p->budget < 0 || p->hn_sk < 0 ||
+	    p->hn_sk > p->hn_sn * 1.001f + 0.01f || p->ob_sk < 0 ||
+	    p->ob_sk > p->ob_sn * 1.001f + 0.01f || p->out_bounced > p->out_sent * 1.001f + 0.01f)
 		b.bad = true;
 	return b.bad ? -1 : 0;
 }

@@ -203,8 +203,7 @@ void profile_update(struct profile *p, const struct profile_obs *o,
  */
 void profile_note_outcome(struct profile *p, uint32_t now_s, bool bounced);
 /* The outcome features alone (the anomaly score's bounce component). */
-void profile_outcome_features(const struct profile *p, uint32_t now_s,
-                              struct profile_features *f);
+void profile_outcome_features(const struct profile *p, uint32_t now_s, struct profile_features *f);
 
 /* ---- primitives (exposed for the tests) ---- */
 uint64_t profile_hash(const void *s, size_t len);

@@ -71,7 +71,7 @@
 #define ANOMALY_NETVOL_SPAN  (6 * 3600.0) /* ... extrapolated to a day from this long */
 #define ANOMALY_CONCUR_S     (3 * 3600.0) /* a settled network used this recently: concurrent */
 #define ANOMALY_CONCUR_PTS   15
-#define ANOMALY_WEAK_PERSIST 60 /* one behaviour + one place flags only when sustained */
+#define ANOMALY_WEAK_PERSIST 60   /* one behaviour + one place flags only when sustained */
 #define ANOMALY_OUT_MAX      4096 /* principals with outcomes waiting for the store */
 #define ANOMALY_OUT_BATCH    32   /* principals per store batch */
 #define ANOMALY_OUT_BUCKETS  1024
@@ -537,8 +537,8 @@ void anomaly_texts(struct anomaly_result *r)
  */
 unsigned anomaly_bounce_points(const struct profile_features *f)
 {
-	double thr = 2 * f->bounce_usual > ANOMALY_BOUNCE_FLOOR ? 2 * f->bounce_usual
-	                                                         : ANOMALY_BOUNCE_FLOOR;
+	double thr =
+	    2 * f->bounce_usual > ANOMALY_BOUNCE_FLOOR ? 2 * f->bounce_usual : ANOMALY_BOUNCE_FLOOR;
 	if (f->bounce_n < ANOMALY_BOUNCE_MIN_N ||
 	    f->bounce_recent * f->bounce_n < ANOMALY_BOUNCE_MIN_K || f->bounce_lb <= thr ||
 	    f->bounce_bits < ANOMALY_BOUNCE_BITS)

@@ -623,8 +623,8 @@ static void logline(struct ndr *n, int64_t t, const char *fmt, ...)
 
 /* One message of login from the log: nrcpt recipients, the first nbad
  * rejected as unknown users by the receiver. */
-static void logged_message(struct ndr *n, int64_t t, unsigned id, const char *login,
-                           unsigned nrcpt, unsigned nbad)
+static void logged_message(struct ndr *n, int64_t t, unsigned id, const char *login, unsigned nrcpt,
+                           unsigned nbad)
 {
 	char qid[16];
 	snprintf(qid, sizeof(qid), "%010X", 0xB0000000u + id);
@@ -677,13 +677,14 @@ static void test_outcomes_from_log(void **state)
 	anomaly_outcomes_flush();
 	assert_int_equal(anomaly_stats.outcomes_applied, applied + 60);
 	const struct anomaly_result *r =
-	    rcpt(e, t + 6 * HOUR, "dave@example.org", "dave@example.org",
-	         "colleague3@example.org", "198.51.100.7", "o1");
+	    rcpt(e, t + 6 * HOUR, "dave@example.org", "dave@example.org", "colleague3@example.org",
+	         "198.51.100.7", "o1");
 	assert_false(has(r, "bounce ratio"));
 
 	/* then 30 recipients to a harvested list: 21 unknown users */
 	for (unsigned m = 0; m < 10; m++)
-		logged_message(n, t + 7 * HOUR + m * 60, 100 + m, "dave@example.org", 3, 2 + (m & 1));
+		logged_message(n, t + 7 * HOUR + m * 60, 100 + m, "dave@example.org", 3,
+		               2 + (m & 1));
 	anomaly_outcomes_flush();
 	assert_int_equal(anomaly_stats.outcomes_applied, applied + 90);
 	r = rcpt(e, t + 8 * HOUR, "dave@example.org", "dave@example.org", "colleague4@example.org",

@@ -6,7 +6,8 @@
  * and expiries, the bound on queue ids, small samples that are no spike,
  * spikes that start and end, baselines, receiver-side noise, blocklist
  * alerts, the pickup limit, inbound NDRs, bad input, the state file, the
- * JSON view, and the final outcomes reported for the anomaly profile.  Patterns: data/ndr-patterns.conf ($POLICYD_SOURCE_ROOT).
+ * JSON view, and the final outcomes reported for the anomaly profile.  Patterns:
+ * data/ndr-patterns.conf ($POLICYD_SOURCE_ROOT).
  */
 #include <setjmp.h>
 #include <stdarg.h>
