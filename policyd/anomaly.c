@@ -501,8 +501,8 @@ static void anomaly_text(struct anomaly_component *k)
 		            k->a > 0 ? " (first use)" : " (recent)");
 		break;
 	case ANOMALY_K_BOUNCE:
-		anomaly_fmt(o, n, "bounce ratio %.0f%% (usual %.0f%%) over %.0f recipients",
-		            100 * k->a, 100 * k->b, k->c);
+		anomaly_fmt(o, n, "bounce ratio %.0f%% (usual %.*f%%) over %.0f recipients",
+		            100 * k->a, k->b < 0.01 ? 1 : 0, 100 * k->b, k->c);
 		break;
 	case ANOMALY_K_CONCURRENT:
 		anomaly_fmt(o, n, "the usual network was used %.0f min ago", k->a);

@@ -111,6 +111,14 @@ extern const struct config_section ndr_config_section;
 /* Defaults (also used by tests that build a tracker without a config file). */
 void ndr_conf_defaults(struct ndr_conf *c);
 
+/*
+ * Load c's pattern files; names[] (NDR_MAX_LIST) get copies of their paths,
+ * which the db refers to: free them after classify_db_free().  NULL with a
+ * message naming the file and line.
+ */
+struct classify_db *ndr_load_patterns(const struct ndr_conf *c, char **names, size_t *nnames,
+                                      char *err, size_t errsz);
+
 /* ------------------------------------------------------------ tracker */
 
 struct ndr;

@@ -1407,8 +1407,8 @@ static int ndr_read_file(const char *path, char **buf, size_t *len, char *err, s
 	return 0;
 }
 
-static struct classify_db *ndr_load_patterns(const struct ndr_conf *c, char **names, size_t *nnames,
-                                             char *err, size_t errsz)
+struct classify_db *ndr_load_patterns(const struct ndr_conf *c, char **names, size_t *nnames,
+                                      char *err, size_t errsz)
 {
 	struct classify_source src[NDR_MAX_LIST];
 	memset(src, 0, sizeof(src));
