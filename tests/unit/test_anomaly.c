@@ -6,8 +6,8 @@
  * client, what a refused request teaches, a corrupt stored profile, the
  * size of the stored profile, the scoring rules themselves (volume from
  * a new network, two places at once, sustained evidence, the bounce
- * ratio), and bounces from real log lines (the NDR tracker) reaching the
- * stored profile.
+ * ratio), bounces from real log lines (the NDR tracker) reaching the
+ * stored profile, and the same through policyd --replay --maillog.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cache/store.h"
@@ -28,6 +29,7 @@
 #include "policyd/flag.h"
 #include "policyd/ndr.h"
 #include "policyd/pipeline.h"
+#include "policyd/replay.h"
 
 #define DAY  86400LL
 #define HOUR 3600LL
@@ -715,6 +717,105 @@ static void test_outcomes_from_log(void **state)
 	env_free(e);
 }
 
+/* policyd --replay --maillog: the log's bounces reach the profiles on the
+ * replay's virtual clock. */
+static void test_replay_maillog(void **state)
+{
+	(void)state;
+	char req[64] = "/tmp/policyd-test-replay-req-XXXXXX";
+	char log[64] = "/tmp/policyd-test-replay-log-XXXXXX";
+	char conf[64] = "/tmp/policyd-test-replay-conf-XXXXXX";
+	int fr = mkstemp(req), fl = mkstemp(log), fc = mkstemp(conf);
+	assert_true(fr >= 0 && fl >= 0 && fc >= 0);
+	FILE *r = fdopen(fr, "w"), *l = fdopen(fl, "w"), *c = fdopen(fc, "w");
+	const char *root = getenv("POLICYD_SOURCE_ROOT");
+	fprintf(c,
+	        "[server]\nstate_dir =\nlog = stderr\nhooks = rcpt\n\n[ndr]\n"
+	        "patterns = %s/data/ndr-patterns.conf\nlocal_domains = local.test\n"
+	        "queue_check_interval = 0\n\n[anomaly]\nwarn = 30\n",
+	        root ? root : "..");
+	fclose(c);
+	/* ten days of a few messages, then one message of 30 recipients of
+	 * which the log bounces 20, then one more request */
+	int64_t t = T0;
+	for (int d = 0; d < 10; d++)
+		for (int m = 0; m < 4; m++) {
+			t = T0 + d * DAY + 9 * HOUR + m * HOUR;
+			fprintf(
+			    r,
+			    "request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_method=PLAIN\n"
+			    "sasl_username=erin@example.org\nsender=erin@example.org\n"
+			    "recipient=c%d@example.org\nclient_address=198.51.100.7\n"
+			    "instance=i%d.%d\ntimestamp=%lld\n\n",
+			    m, d, m, (long long)t);
+		}
+	char stamp[32];
+	time_t ts = (time_t)(t + 60);
+	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", gmtime(&ts));
+	fprintf(l,
+	        "%s out1 postfix/submission/smtpd[1]: 0C0000000C: client=mua[198.51.100.7], "
+	        "sasl_method=PLAIN, sasl_username=erin@example.org\n",
+	        stamp);
+	for (int i = 0; i < 30; i++)
+		fprintf(l,
+		        "%s out1 postfix/smtp[2]: 0C0000000C: to=<x%d@example.net>, "
+		        "relay=mx.example.net[203.0.113.9]:25, delay=1, delays=0/0/0.5/0.5, %s\n",
+		        stamp, i,
+		        i < 20
+		            ? "dsn=5.1.1, status=bounced (host mx.example.net[203.0.113.9] said: "
+		              "550 5.1.1 <x@example.net>: Recipient address rejected: User "
+		              "unknown (in reply to RCPT TO command))"
+		            : "dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 4F1A2B3C4D)");
+	fprintf(l, "not a stamped line\n");
+	fclose(l);
+	fprintf(r,
+	        "request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_method=PLAIN\n"
+	        "sasl_username=erin@example.org\nsender=erin@example.org\n"
+	        "recipient=c1@example.org\nclient_address=198.51.100.7\ninstance=last\n"
+	        "timestamp=%lld\n\n",
+	        (long long)(t + 600));
+	fclose(r);
+
+	char err[512];
+	struct config *cfg = config_load(conf, err, sizeof(err));
+	if (cfg == NULL)
+		fail_msg("config: %s", err);
+	FILE *out = tmpfile();
+	assert_non_null(out);
+	unsigned long long applied = anomaly_stats.outcomes_applied;
+	assert_int_equal(replay_run(req, NULL, log, cfg, out), 0);
+	assert_int_equal(anomaly_stats.outcomes_applied, applied + 30);
+	/* the last line: the bounce ratio */
+	char line[4096], last[4096] = "";
+	rewind(out);
+	unsigned n = 0;
+	while (fgets(line, sizeof(line), out)) {
+		n++;
+		if (n < 41)
+			assert_null(strstr(line, "bounce ratio"));
+		memcpy(last, line, sizeof(last));
+	}
+	assert_int_equal(n, 41);
+	if (strstr(last, "\"bounce ratio 6") == NULL ||
+	    strstr(last, "\"verdict\":\"WARN\"") == NULL)
+		fail_msg("last request: %s", last);
+	fclose(out);
+	/* without an [ndr] section --maillog is refused */
+	config_free(cfg);
+	c = fopen(conf, "w");
+	fprintf(c, "[server]\nstate_dir =\nlog = stderr\nhooks = rcpt\n\n[anomaly]\n");
+	fclose(c);
+	cfg = config_load(conf, err, sizeof(err));
+	assert_non_null(cfg);
+	out = tmpfile();
+	assert_int_equal(replay_run(req, NULL, log, cfg, out), 1);
+	fclose(out);
+	config_free(cfg);
+	unlink(req);
+	unlink(log);
+	unlink(conf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -728,6 +829,7 @@ int main(void)
 	    cmocka_unit_test(test_score_context),
 	    cmocka_unit_test(test_score_bounce),
 	    cmocka_unit_test(test_outcomes_from_log),
+	    cmocka_unit_test(test_replay_maillog),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
