@@ -3,11 +3,13 @@
  * (decayed rates, EWMA mean/variance in log space with a cold-start blend
  * toward a prior, HyperLogLog, a CLOCK set of recipient fingerprints,
  * novelty counts, network / sender / hour tables) and its fixed-size
- * little-endian serialisation (PROFILE_WIRE_SIZE bytes).
+ * little-endian serialisation (PROFILE_WIRE_SIZE bytes; a version 1
+ * profile, PROFILE_V1_SIZE bytes, still decodes).
  *
  * Entry points: profile_init, profile_encode, profile_decode,
  * profile_observe (read-only features of one recipient request),
- * profile_update (learn it), profile_note_outcome (NDR feedback).
+ * profile_update (learn it), profile_note_outcome (NDR feedback),
+ * profile_outcome_features.
  *
  * Limits: tables are fixed (PROFILE_FP_SLOTS recipients, PROFILE_NETS
  * networks, PROFILE_SENDERS senders); the least used entry is forgotten
@@ -35,6 +37,11 @@
 #define ALPHA_DAY    0.1           /* EWMA weight of a day */
 #define SND_SETTLE_S 86400u
 #define SND_SETTLE_N 3
+#define OB_SHORT     (1.0 / 40.0) /* per-outcome decay, recent bounce window */
+#define TAU_OB_S     86400.0      /* time decay of the recent bounce window */
+#define BOUNCE_PRIOR 0.02         /* usual bounce ratio before the account's own (AWS: < 2 %) */
+#define BOUNCE_N0    50.0         /* its weight in outcomes */
+#define BOUNCE_LEARN 4.0          /* bits: a recent window this anomalous is not learned */
 
 void profile_prior_default(struct profile_prior *pr)
 {
@@ -315,6 +322,12 @@ void profile_observe(const struct profile *p, const struct profile_obs *o,
 		base = 0.97;
 	f->nov_base = base;
 	f->nov_bits = profile_kl_bits(f->nov_short, base, sn);
+	/* the same window over the settled networks' recipients only (time
+	 * decay only: this request is not one of them yet) */
+	double hkeep = exp(-dt / TAU_NOV_S);
+	f->home_nov_n = p->hn_sn * hkeep;
+	f->home_nov = f->home_nov_n > 0 ? p->hn_sk * hkeep / f->home_nov_n : 0;
+	f->home_nov_bits = profile_kl_bits(f->home_nov, base, f->home_nov_n);
 
 	/* hours: the busiest of this hour and its neighbours, so that a
 	 * shifted day is not news */
@@ -389,11 +402,23 @@ void profile_observe(const struct profile *p, const struct profile_obs *o,
 		}
 	}
 
-	/* outcomes */
-	double odt = now > p->out_s ? (double)(now - p->out_s) : 0;
-	f->out_sent = profile_decay(p->out_sent, odt, TAU_OUT_S);
-	f->out_bounced = profile_decay(p->out_bounced, odt, TAU_OUT_S);
-	f->bounce_lb = profile_wilson_lb(f->out_bounced, f->out_sent, 1.96);
+	profile_outcome_features(p, now, f);
+}
+
+void profile_outcome_features(const struct profile *p, uint32_t now_s, struct profile_features *f)
+{
+	double dt = now_s > p->out_s ? (double)(now_s - p->out_s) : 0;
+	double ls = profile_decay(p->out_sent, dt, TAU_OUT_S);
+	double lb = profile_decay(p->out_bounced, dt, TAU_OUT_S);
+	double u = (lb + BOUNCE_PRIOR * BOUNCE_N0) / (ls + BOUNCE_N0);
+	f->bounce_usual = u < 0.005 ? 0.005 : u > 0.5 ? 0.5 : u;
+	f->bounce_usual_n = ls;
+	double keep = exp(-dt / TAU_OB_S);
+	f->bounce_n = p->ob_sn * keep;
+	double k = p->ob_sk * keep;
+	f->bounce_recent = f->bounce_n > 0 ? k / f->bounce_n : 0;
+	f->bounce_lb = profile_wilson_lb(k, f->bounce_n, 1.96);
+	f->bounce_bits = profile_kl_bits(f->bounce_recent, f->bounce_usual, f->bounce_n);
 }
 
 /* ---------------------------------------------------------------- learning */
@@ -596,6 +621,12 @@ void profile_update(struct profile *p, const struct profile_obs *o,
 	double x = f->rcpt_new ? 1 : 0;
 	p->nov_sk = (float)(f->nov_short * f->nov_short_n);
 	p->nov_sn = (float)f->nov_short_n;
+	p->hn_sn = (float)f->home_nov_n;
+	p->hn_sk = (float)(f->home_nov * f->home_nov_n);
+	if (f->net_established && o->rcpt) {
+		p->hn_sk = (float)(p->hn_sk * (1 - NOV_SHORT) + x);
+		p->hn_sn = (float)(p->hn_sn * (1 - NOV_SHORT) + 1);
+	}
 	/* the first recipients of a profile are all new: they would teach
 	 * every account that everything is new */
 	if (learn > 0 && p->n_rcpts >= NOV_WARMUP) {
@@ -625,10 +656,23 @@ void profile_update(struct profile *p, const struct profile_obs *o,
 void profile_note_outcome(struct profile *p, uint32_t now_s, bool bounced)
 {
 	double dt = now_s > p->out_s ? (double)(now_s - p->out_s) : 0;
-	p->out_sent = (float)(profile_decay(p->out_sent, dt, TAU_OUT_S) + 1);
-	p->out_bounced = (float)(profile_decay(p->out_bounced, dt, TAU_OUT_S) + (bounced ? 1 : 0));
+	double b = bounced ? 1 : 0;
+	/* the recent window first: is it anomalous with this outcome? */
+	double keep = (1 - OB_SHORT) * exp(-dt / TAU_OB_S);
+	p->ob_sk = (float)(p->ob_sk * keep + b);
+	p->ob_sn = (float)(p->ob_sn * keep + 1);
+	p->out_sent = (float)profile_decay(p->out_sent, dt, TAU_OUT_S);
+	p->out_bounced = (float)profile_decay(p->out_bounced, dt, TAU_OUT_S);
 	if (now_s > p->out_s)
 		p->out_s = now_s;
+	struct profile_features f;
+	profile_outcome_features(p, p->out_s, &f);
+	/* a spike is not the account's usual: learned only while the
+	 * recent window is ordinary */
+	if (f.bounce_bits < BOUNCE_LEARN) {
+		p->out_sent = (float)(p->out_sent + 1);
+		p->out_bounced = (float)(p->out_bounced + b);
+	}
 }
 
 /* ---------------------------------------------------------------- wire */
@@ -705,9 +749,14 @@ static float getf(struct profile_buf *b)
 	F(rate_md) F(md_mu) F(md_var) U16(md_n) F(budget)
 /* clang-format on */
 
-/* bytes the layout above and the tables below take */
-#define PROFILE_PAYLOAD                                                                            \
+/* version 2: after the tables (a version 1 profile decodes with zeros) */
+#define PROFILE_FIELDS2(U8, U16, U32, F) F(hn_sk) F(hn_sn) F(ob_sk) F(ob_sn)
+
+/* bytes the layouts above and the tables take */
+#define PROFILE_PAYLOAD1                                                                           \
 	(134 + PROFILE_HLL_M + 2 * PROFILE_FP_SLOTS + 24 + 20 * PROFILE_NETS + 10 * PROFILE_SENDERS)
+#define PROFILE_PAYLOAD (PROFILE_PAYLOAD1 + 16)
+_Static_assert(PROFILE_PAYLOAD1 <= PROFILE_V1_SIZE, "version 1 layout larger than its size");
 _Static_assert(PROFILE_PAYLOAD <= PROFILE_WIRE_SIZE, "profile layout larger than its wire size");
 
 size_t profile_encode(const struct profile *p, uint8_t *out, size_t outsz)
@@ -750,6 +799,17 @@ size_t profile_encode(const struct profile *p, uint8_t *out, size_t outsz)
 		put16(&b, p->snd[i].count);
 		put32(&b, p->snd[i].first_s);
 	}
+	while (b.off < PROFILE_V1_SIZE)
+		put8(&b, 0);
+#define E8(n)  put8(&b, p->n);
+#define E16(n) put16(&b, p->n);
+#define E32(n) put32(&b, p->n);
+#define EF(n)  putf(&b, p->n);
+	PROFILE_FIELDS2(E8, E16, E32, EF)
+#undef E8
+#undef E16
+#undef E32
+#undef EF
 	while (b.off < PROFILE_WIRE_SIZE)
 		put8(&b, 0);
 	return b.off;
@@ -758,7 +818,8 @@ size_t profile_encode(const struct profile *p, uint8_t *out, size_t outsz)
 int profile_decode(struct profile *p, const uint8_t *in, size_t len)
 {
 	struct profile_buf b = {.r = in, .len = len};
-	if (len != PROFILE_WIRE_SIZE || in[0] != PROFILE_VERSION)
+	bool v1 = len == PROFILE_V1_SIZE && in[0] == 1;
+	if (!v1 && (len != PROFILE_WIRE_SIZE || in[0] != PROFILE_VERSION))
 		return -1;
 	memset(p, 0, sizeof(*p));
 #define D8(n)  p->n = get8(&b);
@@ -799,13 +860,28 @@ int profile_decode(struct profile *p, const uint8_t *in, size_t len)
 		p->snd[i].count = get16(&b);
 		p->snd[i].first_s = get32(&b);
 	}
+	if (!v1) {
+		b.off = PROFILE_V1_SIZE;
+#define D8(n)  p->n = get8(&b);
+#define D16(n) p->n = get16(&b);
+#define D32(n) p->n = get32(&b);
+#define DF(n)  p->n = getf(&b);
+		PROFILE_FIELDS2(D8, D16, D32, DF)
+#undef D8
+#undef D16
+#undef D32
+#undef DF
+	}
+	p->version = PROFILE_VERSION;
 	if (p->fp_used > PROFILE_FP_SLOTS || p->fp_hand >= PROFILE_FP_SLOTS)
 		b.bad = true;
 	if (p->rh_var < 0 || p->mh_var < 0 || p->rm_var < 0 || p->dd_var < 0 || p->nov_sk < 0 ||
 	    p->nov_sk > p->nov_sn * 1.001f + 0.01f || p->nov_lk < 0 ||
 	    p->nov_lk > p->nov_ln * 1.001f + 0.01f || p->rate_r < 0 || p->rate_m < 0 ||
 	    p->out_sent < 0 || p->out_bounced < 0 || p->persist < 0 || p->rate_md < 0 ||
-	    p->md_var < 0 || p->budget < 0)
+	    p->md_var < 0 || p->budget < 0 || p->hn_sk < 0 ||
+	    p->hn_sk > p->hn_sn * 1.001f + 0.01f || p->ob_sk < 0 ||
+	    p->ob_sk > p->ob_sn * 1.001f + 0.01f || p->out_bounced > p->out_sent * 1.001f + 0.01f)
 		b.bad = true;
 	return b.bad ? -1 : 0;
 }

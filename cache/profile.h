@@ -16,8 +16,10 @@
  *     messages (every message while unsettled), first and last use;
  *   - the usual hours (24-bin UTC histogram);
  *   - sender addresses used with this login;
- *   - outcomes (sent / bounced, decayed) for a bounce ratio where NDR
- *     detection feeds it (profile_note_outcome).
+ *   - the novelty of the recipients sent from settled networks alone
+ *     (is the owner's own place doing the unusual thing too?);
+ *   - outcomes fed by NDR detection (profile_note_outcome): the recent
+ *     bounce ratio (last ~40 recipients) and the account's usual one.
  *
  * Entry points: profile_init, profile_encode/decode, profile_observe (the
  * features of one recipient request against the profile, read-only) and
@@ -31,12 +33,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PROFILE_VERSION   1
+#define PROFILE_VERSION   2
 #define PROFILE_FP_SLOTS  192 /* remembered recipients */
 #define PROFILE_NETS      8
 #define PROFILE_SENDERS   4
 #define PROFILE_HLL_M     64
-#define PROFILE_WIRE_SIZE 808 /* bytes of the encoded profile */
+#define PROFILE_WIRE_SIZE 824 /* bytes of the encoded profile */
+#define PROFILE_V1_SIZE   808 /* version 1 (no home novelty, no short bounce window) */
 
 #define PROFILE_F_FROZEN  0x01 /* flagged: do not learn until frozen_until */
 #define PROFILE_F_TAINTED 0x02 /* today had anomalous requests: fold it lightly */
@@ -86,8 +89,15 @@ struct profile {
 	uint8_t hours[24];
 	struct profile_net net[PROFILE_NETS];
 	struct profile_sender snd[PROFILE_SENDERS];
-	/* outcomes, decayed with a 7-day time constant at out_s */
+	/* novelty of the recipients sent from settled networks only (the
+	 * owner's own places): short window, like nov_sk/nov_sn */
+	float hn_sk, hn_sn;
+	/* outcomes (NDR detection): the usual ratio, decayed with a 7-day
+	 * time constant at out_s and learned only while the recent one is
+	 * not anomalous; the recent one over the last ~40 outcomes (and a
+	 * 1-day time constant) */
 	float out_sent, out_bounced;
+	float ob_sk, ob_sn;
 	uint32_t out_s;
 	/* the scorer's own accumulator (persistence of anomalies), at last_s */
 	float persist;
@@ -158,8 +168,12 @@ struct profile_features {
 	int snd_slot; /* -1 new */
 	bool snd_established;
 	unsigned snd_known; /* senders on record */
-	/* outcomes */
-	double out_sent, out_bounced, bounce_lb; /* Wilson 95 % lower bound */
+	/* novelty of the settled networks' recent recipients (the owner's) */
+	double home_nov, home_nov_n, home_nov_bits;
+	/* outcomes: the recent window (ratio, outcomes, its Wilson 95 % lower
+	 * bound), the usual ratio (with a prior) and the KL divergence of the
+	 * recent from the usual in bits */
+	double bounce_recent, bounce_n, bounce_lb, bounce_usual, bounce_usual_n, bounce_bits;
 };
 
 void profile_init(struct profile *p, uint32_t now_s);
@@ -181,8 +195,15 @@ void profile_observe(const struct profile *p, const struct profile_obs *o,
 void profile_update(struct profile *p, const struct profile_obs *o,
                     const struct profile_features *f, double learn, double learn_ctx);
 
-/* NDR detection: one recipient delivered (bounced = false) or bounced. */
+/*
+ * NDR detection: the final outcome of one recipient, delivered (bounced =
+ * false) or bounced for a reason that indicts the sender.  The usual
+ * ratio learns it only while the recent window is not anomalous (a spam
+ * run's bounces must not become the account's usual).
+ */
 void profile_note_outcome(struct profile *p, uint32_t now_s, bool bounced);
+/* The outcome features alone (the anomaly score's bounce component). */
+void profile_outcome_features(const struct profile *p, uint32_t now_s, struct profile_features *f);
 
 /* ---- primitives (exposed for the tests) ---- */
 uint64_t profile_hash(const void *s, size_t len);

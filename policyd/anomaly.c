@@ -34,6 +34,11 @@
  * slowly.  A young profile learns regardless (cold start).  A refused
  * request is not learned (it was not sent).
  *
+ * Outcomes: NDR detection feeds each attributed recipient outcome
+ * (anomaly_note_outcome) into the principal's stored profile, batched
+ * (see "outcomes" below); the score compares the recent bounce ratio with
+ * the account's usual one.
+ *
  * Limits: ANOMALY_MAX_COMP components; texts are cut to fit the verdict
  * reason (160 bytes) and the flag evidence (FLAG_EVIDENCE_MAX).  Metrics:
  * the "anomaly" module publishes policyd_anomaly_total and
@@ -48,6 +53,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+
+#include <ev.h>
 
 #include "dns.h"
 #include "flag.h"
@@ -64,7 +71,11 @@
 #define ANOMALY_NETVOL_SPAN  (6 * 3600.0) /* ... extrapolated to a day from this long */
 #define ANOMALY_CONCUR_S     (3 * 3600.0) /* a settled network used this recently: concurrent */
 #define ANOMALY_CONCUR_PTS   15
-#define ANOMALY_WEAK_PERSIST 60 /* one behaviour + one place flags only when sustained */
+#define ANOMALY_WEAK_PERSIST 60   /* one behaviour + one place flags only when sustained */
+#define ANOMALY_OUT_MAX      4096 /* principals with outcomes waiting for the store */
+#define ANOMALY_OUT_BATCH    32   /* principals per store batch */
+#define ANOMALY_OUT_BUCKETS  1024
+#define ANOMALY_OUT_DELAY    1.0 /* seconds outcomes gather before they are written */
 
 struct anomaly_stats anomaly_stats;
 
@@ -491,8 +502,8 @@ static void anomaly_text(struct anomaly_component *k)
 		            k->a > 0 ? " (first use)" : " (recent)");
 		break;
 	case ANOMALY_K_BOUNCE:
-		anomaly_fmt(o, n, "bounces %.0f%% of %.0f (at least %.0f%%)", 100 * k->a, k->b,
-		            100 * k->c);
+		anomaly_fmt(o, n, "bounce ratio %.0f%% (usual %.*f%%) over %.0f recipients",
+		            100 * k->a, k->b < 0.01 ? 1 : 0, 100 * k->b, k->c);
 		break;
 	case ANOMALY_K_CONCURRENT:
 		anomaly_fmt(o, n, "the usual network was used %.0f min ago", k->a);
@@ -514,6 +525,26 @@ void anomaly_texts(struct anomaly_result *r)
 	for (size_t i = 0; i < r->n; i++)
 		anomaly_text(&r->c[i]);
 	r->texts = true;
+}
+
+/*
+ * The bounce component (anomaly-notes.md §6): the recent window needs
+ * ANOMALY_BOUNCE_MIN_N outcomes and ANOMALY_BOUNCE_MIN_K bounces, its
+ * Wilson 95 % lower bound must exceed both 5 % (SES's review level) and
+ * twice the account's usual ratio, and the recent ratio must be
+ * ANOMALY_BOUNCE_BITS unlikely under the usual one (KL divergence times
+ * the outcomes, ~ log2 of the likelihood ratio); 10 points there, 3 more
+ * per point of lower bound above the threshold, at most 35.
+ */
+unsigned anomaly_bounce_points(const struct profile_features *f)
+{
+	double thr =
+	    2 * f->bounce_usual > ANOMALY_BOUNCE_FLOOR ? 2 * f->bounce_usual : ANOMALY_BOUNCE_FLOOR;
+	if (f->bounce_n < ANOMALY_BOUNCE_MIN_N ||
+	    f->bounce_recent * f->bounce_n < ANOMALY_BOUNCE_MIN_K || f->bounce_lb <= thr ||
+	    f->bounce_bits < ANOMALY_BOUNCE_BITS)
+		return 0;
+	return anomaly_pts(10 + (f->bounce_lb - thr) * 300, 35);
 }
 
 /*
@@ -632,8 +663,15 @@ void anomaly_score(const struct anomaly_conf *c, const struct anomaly_input *in,
 
 	/* two places at once: a new country while a settled network of the
 	 * account is in use (the owner at home, a hijacker abroad; a
-	 * traveller's home network is idle; a new ASN at home is a phone) */
-	if (new_country && f->other_net && f->other_idle_s < ANOMALY_CONCUR_S) {
+	 * traveller's home network is idle; a new ASN at home is a phone) --
+	 * unless the settled network itself is sending unusually many new
+	 * recipients (more than 4 bits from the usual share, the novelty
+	 * component's allowance) at the time: then one person is doing one
+	 * unusual thing over two networks (a VPN toggled during an
+	 * invitation), and a hijacker's recipients never touch the owner's
+	 * networks' window */
+	bool home_too = f->home_nov_n >= 5 && f->home_nov_bits > 4;
+	if (new_country && f->other_net && f->other_idle_s < ANOMALY_CONCUR_S && !home_too) {
 		if (anomaly_add(r, ANOMALY_CONCURRENT, ANOMALY_K_CONCURRENT, ANOMALY_CONCUR_PTS,
 		                f->other_idle_s / 60, 0, 0))
 			fam[ANOMALY_CONCURRENT] = ANOMALY_CONCUR_PTS;
@@ -667,13 +705,12 @@ void anomaly_score(const struct anomaly_conf *c, const struct anomaly_input *in,
 		}
 	}
 
-	/* bounces, where NDR detection feeds the profile */
-	if (f->out_sent >= 20 && f->bounce_lb > 0.05) {
-		unsigned p = anomaly_pts((f->bounce_lb - 0.05) * 400 + 10, 35);
-		if (anomaly_add(r, ANOMALY_BOUNCE, ANOMALY_K_BOUNCE, p,
-		                f->out_bounced / f->out_sent, f->out_sent, f->bounce_lb))
-			fam[ANOMALY_BOUNCE] = p;
-	}
+	/* bounces (NDR detection feeds the profile): the recent ratio against
+	 * the account's usual one, once there are enough outcomes */
+	unsigned bp = anomaly_bounce_points(f);
+	if (bp && (k = anomaly_add(r, ANOMALY_BOUNCE, ANOMALY_K_BOUNCE, bp, f->bounce_recent,
+	                           f->bounce_usual, f->bounce_n)))
+		fam[ANOMALY_BOUNCE] = bp;
 
 	unsigned sum = 0;
 	for (int i = 0; i < ANOMALY__FAMILIES; i++)
@@ -1070,6 +1107,281 @@ void anomaly_finish(struct pipeline_ctx *x)
 	anomaly_put(x, c, &p);
 }
 
+/* ---------------------------------------------------------------- outcomes */
+
+/*
+ * NDR detection (ndr_module.c) charges each recipient's final outcome to
+ * the principal that submitted it; anomaly_note_outcome() queues it here
+ * and the profile in the store learns it (profile_note_outcome): a GET of
+ * up to ANOMALY_OUT_BATCH principals, then a PUT of those that have a
+ * profile (outcomes of a principal never scored are dropped).  Outcomes
+ * gather for ANOMALY_OUT_DELAY seconds per principal, so a backlog of the
+ * log costs one read-modify-write per principal and second, not per line.
+ * One batch at a time: two writes of this queue never race; a request of
+ * the same principal between the GET and the PUT (a networked store)
+ * loses one side's update, as two requests in flight do (a statistic).
+ */
+struct anomaly_out {
+	struct anomaly_out *next, *hnext; /* queue, hash chain */
+	uint64_t h;
+	uint32_t sent, bounced; /* outcomes waiting (bounced among sent) */
+	uint32_t t_s;           /* the newest */
+	char principal[];
+};
+
+static struct {
+	struct store *store;
+	const struct config *cfg;
+	struct ev_loop *loop;
+	ev_timer kick;
+	struct anomaly_out *head, *tail;
+	struct anomaly_out *bucket[ANOMALY_OUT_BUCKETS];
+	size_t n;
+	bool busy, pumping;
+	struct anomaly_out *fly[ANOMALY_OUT_BATCH];
+	size_t nfly;
+	struct store_op ops[ANOMALY_OUT_BATCH];
+	uint8_t buf[ANOMALY_OUT_BATCH][PROFILE_WIRE_SIZE];
+} O;
+
+static void anomaly_out_pump(void);
+
+/* The store's clock: the loop's, else (tests) the newest outcome's. */
+static int64_t anomaly_out_now(uint32_t t_s)
+{
+	return O.loop ? (int64_t)(ev_now(O.loop) * 1e6) : (int64_t)t_s * 1000000;
+}
+
+static void anomaly_out_kick(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)w;
+	(void)revents;
+	anomaly_out_pump();
+}
+
+void anomaly_outcomes_attach(struct store *s, const struct config *cfg, struct ev_loop *loop)
+{
+	if (O.loop && ev_is_active(&O.kick))
+		ev_timer_stop(O.loop, &O.kick);
+	O.store = s;
+	O.cfg = cfg;
+	O.loop = loop;
+	if (loop) {
+		ev_timer_init(&O.kick, anomaly_out_kick, ANOMALY_OUT_DELAY, 0);
+		O.kick.data = NULL;
+	}
+}
+
+static void anomaly_out_free_fly(void)
+{
+	for (size_t i = 0; i < O.nfly; i++)
+		free(O.fly[i]);
+	O.nfly = 0;
+}
+
+void anomaly_outcomes_detach(void)
+{
+	anomaly_outcomes_flush();
+	size_t dropped = 0;
+	while (O.head) {
+		struct anomaly_out *e = O.head;
+		O.head = e->next;
+		dropped += e->sent;
+		free(e);
+	}
+	if (O.busy) /* a networked store still owes the answer: forget it */
+		O.nfly = 0;
+	anomaly_stats.outcomes_dropped += dropped;
+	memset(O.bucket, 0, sizeof(O.bucket));
+	O.tail = NULL;
+	O.n = 0;
+	O.busy = false;
+	if (O.loop && ev_is_active(&O.kick))
+		ev_timer_stop(O.loop, &O.kick);
+	O.store = NULL;
+	O.loop = NULL;
+}
+
+void anomaly_note_outcome(const char *principal, bool bounced, int64_t t_us)
+{
+	const struct anomaly_conf *c = O.cfg ? config_section_get(O.cfg, &anomaly_section) : NULL;
+	if (O.store == NULL || c == NULL || !c->enabled || principal == NULL || !principal[0])
+		return;
+	size_t len = strlen(principal);
+	if (len >= STORE_MAX_KEY - sizeof(ANOMALY_NS))
+		return;
+	uint64_t h = profile_hash(principal, len);
+	struct anomaly_out **b = &O.bucket[h % ANOMALY_OUT_BUCKETS], *e;
+	for (e = *b; e; e = e->hnext)
+		if (e->h == h && !strcmp(e->principal, principal))
+			break;
+	if (e == NULL) {
+		if (O.n == ANOMALY_OUT_MAX || (e = malloc(sizeof(*e) + len + 1)) == NULL) {
+			anomaly_stats.outcomes_dropped++;
+			return;
+		}
+		memset(e, 0, sizeof(*e));
+		e->h = h;
+		memcpy(e->principal, principal, len + 1);
+		e->hnext = *b;
+		*b = e;
+		if (O.tail)
+			O.tail->next = e;
+		else
+			O.head = e;
+		O.tail = e;
+		O.n++;
+	}
+	if (e->sent < UINT32_MAX) {
+		e->sent++;
+		e->bounced += bounced;
+	}
+	uint32_t t = (uint32_t)(t_us / 1000000);
+	if (t > e->t_s)
+		e->t_s = t;
+	anomaly_stats.outcomes++;
+	if (O.loop && !ev_is_active(&O.kick))
+		ev_timer_start(O.loop, &O.kick);
+}
+
+static void anomaly_out_unhash(struct anomaly_out *e)
+{
+	struct anomaly_out **b = &O.bucket[e->h % ANOMALY_OUT_BUCKETS];
+	while (*b != e)
+		b = &(*b)->hnext;
+	*b = e->hnext;
+}
+
+static void anomaly_out_done(void)
+{
+	anomaly_out_free_fly();
+	O.busy = false;
+	if (!O.pumping)
+		anomaly_out_pump();
+}
+
+static void anomaly_out_put_done(void *arg, enum store_status st, const struct store_result *res,
+                                 size_t n)
+{
+	(void)arg;
+	(void)res;
+	(void)n;
+	if (st != STORE_OK) {
+		anomaly_stats.outcomes_dropped += O.nfly;
+		log_warn("event=anomaly_outcomes_failed error=\"%s\"",
+		         O.store ? O.store->err : "no store");
+	}
+	anomaly_out_done();
+}
+
+/* Apply sent outcomes, bounced of them, spread evenly (no order is known). */
+static void anomaly_out_apply(struct profile *p, const struct anomaly_out *e)
+{
+	for (uint32_t i = 0; i < e->sent; i++) {
+		uint64_t before = (uint64_t)i * e->bounced / e->sent;
+		uint64_t after = (uint64_t)(i + 1) * e->bounced / e->sent;
+		profile_note_outcome(p, e->t_s, after > before);
+	}
+}
+
+static void anomaly_out_got(void *arg, enum store_status st, const struct store_result *res,
+                            size_t n)
+{
+	(void)arg;
+	const struct anomaly_conf *c = O.cfg ? config_section_get(O.cfg, &anomaly_section) : NULL;
+	if (st != STORE_OK || n != O.nfly || c == NULL || O.store == NULL) {
+		for (size_t i = 0; i < O.nfly; i++)
+			anomaly_stats.outcomes_dropped += O.fly[i]->sent;
+		if (st != STORE_OK)
+			log_warn("event=anomaly_outcomes_failed error=\"%s\"",
+			         O.store ? O.store->err : "no store");
+		anomaly_out_done();
+		return;
+	}
+	static struct profile p;
+	size_t nput = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct anomaly_out *e = O.fly[i];
+		if (!res[i].found || res[i].vlen == 0) {
+			anomaly_stats.outcomes_no_profile += e->sent;
+			continue;
+		}
+		if (profile_decode(&p, res[i].val, res[i].vlen) < 0) {
+			anomaly_stats.bad_profiles++;
+			anomaly_stats.outcomes_dropped += e->sent;
+			continue;
+		}
+		anomaly_out_apply(&p, e);
+		anomaly_stats.outcomes_applied += e->sent;
+		struct store_op *op = &O.ops[nput];
+		memset(op, 0, sizeof(*op));
+		op->kind = STORE_PUT;
+		op->rule = ANOMALY_NS;
+		op->subject = e->principal;
+		op->vlen = profile_encode(&p, O.buf[nput], PROFILE_WIRE_SIZE);
+		op->val = O.buf[nput];
+		op->ttl_us = c->ttl_us;
+		nput++;
+	}
+	if (nput == 0) {
+		anomaly_out_done();
+		return;
+	}
+	int64_t now = anomaly_out_now(O.fly[0]->t_s);
+	if (store_batch(O.store, O.ops, nput, now, anomaly_out_put_done, NULL) != 0) {
+		anomaly_stats.outcomes_dropped += nput;
+		anomaly_out_done();
+	}
+}
+
+static void anomaly_out_start(void)
+{
+	O.nfly = 0;
+	uint32_t newest = 0;
+	while (O.head && O.nfly < ANOMALY_OUT_BATCH) {
+		struct anomaly_out *e = O.head;
+		O.head = e->next;
+		if (O.head == NULL)
+			O.tail = NULL;
+		anomaly_out_unhash(e);
+		O.n--;
+		struct store_op *op = &O.ops[O.nfly];
+		memset(op, 0, sizeof(*op));
+		op->kind = STORE_GET;
+		op->rule = ANOMALY_NS;
+		op->subject = e->principal;
+		O.fly[O.nfly++] = e;
+		if (e->t_s > newest)
+			newest = e->t_s;
+	}
+	O.busy = true;
+	if (store_batch(O.store, O.ops, O.nfly, anomaly_out_now(newest), anomaly_out_got, NULL) !=
+	    0) {
+		for (size_t i = 0; i < O.nfly; i++)
+			anomaly_stats.outcomes_dropped += O.fly[i]->sent;
+		anomaly_out_free_fly();
+		O.busy = false;
+	}
+}
+
+static void anomaly_out_pump(void)
+{
+	if (O.pumping || O.store == NULL)
+		return;
+	O.pumping = true;
+	while (!O.busy && O.head)
+		anomaly_out_start();
+	O.pumping = false;
+}
+
+void anomaly_outcomes_flush(void)
+{
+	if (O.loop && ev_is_active(&O.kick))
+		ev_timer_stop(O.loop, &O.kick);
+	anomaly_out_pump();
+}
+
 /* ---------------------------------------------------------------- metrics */
 
 static void anomaly_collect(struct metrics_out *o, void *arg)
@@ -1088,6 +1400,10 @@ static void anomaly_collect(struct metrics_out *o, void *arg)
 	    {"bad_profile", offsetof(struct anomaly_stats, bad_profiles)},
 	    {"bad_client_address", offsetof(struct anomaly_stats, bad_addresses)},
 	    {"no_room", offsetof(struct anomaly_stats, no_room)},
+	    {"outcome", offsetof(struct anomaly_stats, outcomes)},
+	    {"outcome_applied", offsetof(struct anomaly_stats, outcomes_applied)},
+	    {"outcome_no_profile", offsetof(struct anomaly_stats, outcomes_no_profile)},
+	    {"outcome_dropped", offsetof(struct anomaly_stats, outcomes_dropped)},
 	};
 	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
 		char l[64] = "";
@@ -1128,9 +1444,9 @@ static void anomaly_collect_dns(struct metrics_out *o, void *arg)
 
 static int anomaly_mod_start(struct module_ctx *m, char *err, size_t errsz)
 {
-	(void)m;
 	(void)err;
 	(void)errsz;
+	anomaly_outcomes_attach(m->store, m->cfg, m->loop);
 	metrics_register("policyd_anomaly_total",
 	                 "Anomaly scoring: requests scored, thresholds "
 	                 "crossed, flags, bad stored profiles and client addresses.",
@@ -1142,14 +1458,22 @@ static int anomaly_mod_start(struct module_ctx *m, char *err, size_t errsz)
 	return 0;
 }
 
+static void anomaly_mod_reload(struct module_ctx *m, const struct config *cfg)
+{
+	(void)m;
+	O.cfg = cfg;
+}
+
 static void anomaly_mod_stop(struct module_ctx *m)
 {
 	(void)m;
+	anomaly_outcomes_detach();
 	metrics_unregister(&anomaly_stats);
 }
 
 const struct module anomaly_module = {
     .name = "anomaly",
     .start = anomaly_mod_start,
+    .reload = anomaly_mod_reload,
     .stop = anomaly_mod_stop,
 };

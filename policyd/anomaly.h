@@ -76,7 +76,7 @@ enum anomaly_kind {
 	ANOMALY_K_PREFIX,     /* u: ASN (0: unknown), s: network */
 	ANOMALY_K_DNSBL,      /* s: client, s2: zone, u: code, a: on the usual provider */
 	ANOMALY_K_SENDER,     /* s: sender, s2: login, a: first use */
-	ANOMALY_K_BOUNCE,     /* a: share, b: sent, c: lower bound */
+	ANOMALY_K_BOUNCE,     /* a: recent ratio, b: usual ratio, c: recent outcomes */
 	ANOMALY_K_CONCURRENT, /* a: minutes since the settled network was used */
 	ANOMALY_K_HOURS,      /* u: hour, a: usual share */
 	ANOMALY_K_PERSIST,    /* a: accumulated points */
@@ -131,6 +131,13 @@ void anomaly_finish(struct pipeline_ctx *x);
 void anomaly_score(const struct anomaly_conf *c, const struct anomaly_input *in,
                    struct anomaly_result *r);
 
+/* The bounce component's points for these features (0: none). */
+#define ANOMALY_BOUNCE_MIN_N 20   /* outcomes in the recent window */
+#define ANOMALY_BOUNCE_MIN_K 5    /* bounces in it */
+#define ANOMALY_BOUNCE_FLOOR 0.05 /* the lower bound must exceed this (and 2x usual) */
+#define ANOMALY_BOUNCE_BITS  10.0 /* and the recent ratio this unlikely under the usual */
+unsigned anomaly_bounce_points(const struct profile_features *f);
+
 /* Make the components' texts (once). */
 void anomaly_texts(struct anomaly_result *r);
 /* Make them for every scored request, not only those over `warn` (replay). */
@@ -154,7 +161,27 @@ extern const struct module anomaly_module;
 struct anomaly_stats {
 	unsigned long long scored, warned, held, deferred, flagged, flag_dry;
 	unsigned long long bad_profiles, bad_addresses, no_room;
+	/* NDR outcomes: noted, learned by a profile, for a principal without
+	 * one, dropped (queue full, store error) */
+	unsigned long long outcomes, outcomes_applied, outcomes_no_profile, outcomes_dropped;
 };
+
+/*
+ * NDR detection's outcomes into the stored profiles (ndr_module.c): the
+ * final outcome of one recipient of the principal, bounced = for a reason
+ * that indicts the sender (ndr_class_indicts).  Queued, then written within
+ * a second (with a loop) or at anomaly_outcomes_flush(); nothing happens
+ * unless attached to a store and [anomaly] is enabled.  The anomaly module
+ * attaches the daemon's store; tests attach their own (loop NULL: only
+ * flush writes).
+ */
+struct ev_loop;
+struct store;
+void anomaly_outcomes_attach(struct store *s, const struct config *cfg, struct ev_loop *loop);
+void anomaly_note_outcome(const char *principal, bool bounced, int64_t t_us);
+void anomaly_outcomes_flush(void);
+/* Flush what the store answers at once, drop the rest, detach. */
+void anomaly_outcomes_detach(void);
 extern struct anomaly_stats anomaly_stats;
 
 #endif

@@ -65,11 +65,13 @@ static void usage(FILE *fp)
 	        "           as systemd expects (Type=simple)\n"
 	        "  -h       this help\n"
 	        "  -V       print the version\n"
-	        "  --replay FILE [--dns-fixture FILE]\n"
+	        "  --replay FILE [--dns-fixture FILE] [--maillog FILE]\n"
 	        "           run the requests of FILE (Postfix policy requests, blank-line\n"
 	        "           separated, each with timestamp=<unix seconds>) through the whole\n"
 	        "           pipeline with a virtual clock and an in-memory store, and print one\n"
-	        "           JSON line per request (see policyd/replay.c); no sockets\n"
+	        "           JSON line per request (see policyd/replay.c); no sockets; with\n"
+	        "           --maillog, Postfix log lines (UTC stamps) go through [ndr] on the\n"
+	        "           same clock (bounces into the anomaly profiles)\n"
 	        "\n"
 	        "signals: SIGHUP reloads the configuration (a bad one is reported and the\n"
 	        "running one kept; counters are kept); SIGTERM or SIGINT finish requests in\n"
@@ -349,9 +351,10 @@ int main(int argc, char **argv)
 	static const struct option longopts[] = {
 	    {"replay", required_argument, NULL, 'R'},
 	    {"dns-fixture", required_argument, NULL, 'F'},
+	    {"maillog", required_argument, NULL, 'M'},
 	    {NULL, 0, NULL, 0},
 	};
-	const char *replay = NULL, *fixture = NULL;
+	const char *replay = NULL, *fixture = NULL, *maillog = NULL;
 	while ((opt = getopt_long(argc, argv, "c:tdhV", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'R':
@@ -359,6 +362,9 @@ int main(int argc, char **argv)
 			break;
 		case 'F':
 			fixture = optarg;
+			break;
+		case 'M':
+			maillog = optarg;
 			break;
 		case 'c':
 			path = optarg;
@@ -415,15 +421,15 @@ int main(int argc, char **argv)
 		config_free(cfg);
 		return 0;
 	}
-	if (replay || fixture) {
+	if (replay || fixture || maillog) {
 		int rrc = 1;
 		if (replay == NULL)
-			fprintf(stderr, "policyd: --dns-fixture goes with --replay\n");
+			fprintf(stderr, "policyd: --dns-fixture and --maillog go with --replay\n");
 		else if (log_open("policyd", "stderr", cfg->log_facility, err, sizeof(err)) < 0)
 			fprintf(stderr, "policyd: %s\n", err);
 		else {
 			log_set_level(cfg->debug ? LOG_L_DEBUG : LOG_L_WARN);
-			rrc = replay_run(replay, fixture, cfg, stdout);
+			rrc = replay_run(replay, fixture, maillog, cfg, stdout);
 			log_close();
 		}
 		config_free(cfg);

@@ -1042,6 +1042,12 @@ static void ndr_outcome(struct ndr *n, const char *principal, enum ndr_kind kind
 			else if (pev & (EV_BADP | EV_BADD))
 				ndr_check(n, p, t);
 		}
+		/* final outcomes only: a deferral is counted when it ends
+		 * (delivered, bounced or expired), and greylisting or a
+		 * receiver's throttle of our shared IP says little of the
+		 * account */
+		if (n->act.outcome && (ev & (EV_SENT | EV_BOUNCED | EV_EXPIRED)))
+			n->act.outcome(n->act.arg, principal, kind, (pev & EV_BADP) != 0, t);
 	} else {
 		n->cnt.unattributed++;
 		if (failure && line)

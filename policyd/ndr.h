@@ -111,6 +111,14 @@ extern const struct config_section ndr_config_section;
 /* Defaults (also used by tests that build a tracker without a config file). */
 void ndr_conf_defaults(struct ndr_conf *c);
 
+/*
+ * Load c's pattern files; names[] (NDR_MAX_LIST) get copies of their paths,
+ * which the db refers to: free them after classify_db_free().  NULL with a
+ * message naming the file and line.
+ */
+struct classify_db *ndr_load_patterns(const struct ndr_conf *c, char **names, size_t *nnames,
+                                      char *err, size_t errsz);
+
 /* ------------------------------------------------------------ tracker */
 
 struct ndr;
@@ -147,6 +155,12 @@ struct ndr_actions {
 	void (*hold)(void *arg, const char *queue_id, const char *principal, const char *why);
 	/* the pickup limit was exceeded (logged by the module) */
 	void (*pickup_over)(void *arg, const char *key, const char *queue_id);
+	/* the final outcome of one recipient charged to a principal (delivered,
+	 * bounced or expired; not a deferral): bounced = a failure whose class
+	 * indicts the sender and is not a receiver-wide problem (the anomaly
+	 * profile's bounce ratio) */
+	void (*outcome)(void *arg, const char *principal, enum ndr_kind kind, bool bounced,
+	                int64_t t_us);
 	void *arg;
 };
 

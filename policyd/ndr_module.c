@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "anomaly.h"
 #include "chroot.h"
 #include "config_section.h"
 #include "control.h"
@@ -934,6 +935,17 @@ static const char *ndr_action_name(enum ndr_spike_action a)
 	return n[a];
 }
 
+/* A recipient's final outcome into the principal's anomaly profile (only
+ * principals the policy check scores: SASL logins, trusted senders and
+ * clients; not pickup uids or forwarding addresses). */
+static void ndr_act_outcome(void *arg, const char *principal, enum ndr_kind kind, bool bounced,
+                            int64_t t_us)
+{
+	(void)arg;
+	if (kind == NDR_K_SASL || kind == NDR_K_SENDER || kind == NDR_K_CLIENT)
+		anomaly_note_outcome(principal, bounced, t_us);
+}
+
 static void ndr_act_spike(void *arg, const struct ndr_spike *s)
 {
 	struct ndr_mod *md = arg;
@@ -1408,8 +1420,8 @@ static int ndr_read_file(const char *path, char **buf, size_t *len, char *err, s
 	return 0;
 }
 
-static struct classify_db *ndr_load_patterns(const struct ndr_conf *c, char **names, size_t *nnames,
-                                             char *err, size_t errsz)
+struct classify_db *ndr_load_patterns(const struct ndr_conf *c, char **names, size_t *nnames,
+                                      char *err, size_t errsz)
 {
 	struct classify_source src[NDR_MAX_LIST];
 	memset(src, 0, sizeof(src));
@@ -1622,6 +1634,7 @@ static int ndr_mod_start(struct module_ctx *m, char *err, size_t errsz)
 	                          .blocklist = ndr_act_blocklist,
 	                          .hold = ndr_act_hold,
 	                          .pickup_over = ndr_act_pickup_over,
+	                          .outcome = ndr_act_outcome,
 	                          .arg = md};
 	md->nd = ndr_new(md->conf, md->cfg, md->db, &act);
 	if (md->nd == NULL) {

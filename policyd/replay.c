@@ -18,6 +18,12 @@
  * table starts afresh, which only matters to limits settled at
  * END-OF-MESSAGE).
  *
+ * With a maillog (--maillog), its lines go through the NDR tracker of the
+ * [ndr] section (its patterns) on the same virtual clock: every line
+ * stamped at or before a request is fed before it, and the final outcomes
+ * the tracker charges to principals reach their anomaly profiles (the
+ * bounce ratio) as in the daemon; spikes and holds are not acted upon.
+ *
  * Entry point: replay_run().
  */
 #include "replay.h"
@@ -33,6 +39,7 @@
 #include "dns.h"
 #include "flag.h"
 #include "log.h"
+#include "ndr.h"
 #include "pipeline.h"
 #include "proto/request.h"
 
@@ -56,6 +63,15 @@ struct replay {
 	unsigned long long requests, bad, flags, txn_cleared;
 	unsigned long long verdicts[ACT_REJECT + 1];
 	int64_t last_tick;
+	/* --maillog */
+	FILE *log;
+	struct ndr *nd;
+	char *line;    /* the next log line, not fed yet */
+	size_t linecap;
+	ssize_t linelen; /* -1: none (end of the log) */
+	int64_t line_us;
+	int64_t ndr_tick;
+	unsigned long long log_lines, log_bad_stamps;
 };
 
 static unsigned long long replay_flags;
@@ -212,6 +228,68 @@ static void replay_follow_done(void *arg, enum store_status st, const struct sto
 		((struct replay *)arg)->bad++;
 }
 
+/* "2026-12-07T12:00:00[.ffffff](Z|+00:00) ..." -> µs, or -1 */
+static int64_t replay_stamp(const char *l)
+{
+	struct tm tm;
+	memset(&tm, 0, sizeof(tm));
+	char *end = strptime(l, "%Y-%m-%dT%H:%M:%S", &tm);
+	if (end == NULL)
+		return -1;
+	int64_t us = 0;
+	if (*end == '.') {
+		int64_t scale = 100000;
+		for (end++; *end >= '0' && *end <= '9'; end++, scale /= 10)
+			us += scale * (*end - '0');
+	}
+	if (*end != 'Z' && strncmp(end, "+00:00", 6))
+		return -1; /* only UTC stamps */
+	time_t t = timegm(&tm);
+	return t < 0 ? -1 : (int64_t)t * 1000000 + us;
+}
+
+static void replay_next_line(struct replay *R)
+{
+	for (;;) {
+		R->linelen = getline(&R->line, &R->linecap, R->log);
+		if (R->linelen < 0)
+			return;
+		while (R->linelen > 0 &&
+		       (R->line[R->linelen - 1] == '\n' || R->line[R->linelen - 1] == '\r'))
+			R->line[--R->linelen] = '\0';
+		R->line_us = replay_stamp(R->line);
+		if (R->line_us >= 0)
+			return;
+		R->log_bad_stamps++;
+	}
+}
+
+/* Feed the log up to now. */
+static void replay_feed_log(struct replay *R, int64_t now)
+{
+	bool fed = false;
+	while (R->linelen >= 0 && R->line_us <= now) {
+		ndr_feed_line(R->nd, R->line, (size_t)R->linelen, R->line_us);
+		R->log_lines++;
+		fed = true;
+		replay_next_line(R);
+	}
+	if (now - R->ndr_tick >= 1000000) {
+		ndr_tick(R->nd, now);
+		R->ndr_tick = now;
+	}
+	if (fed)
+		anomaly_outcomes_flush();
+}
+
+static void replay_outcome(void *arg, const char *principal, enum ndr_kind kind, bool bounced,
+                           int64_t t_us)
+{
+	(void)arg;
+	if (kind == NDR_K_SASL || kind == NDR_K_SENDER || kind == NDR_K_CLIENT)
+		anomaly_note_outcome(principal, bounced, t_us);
+}
+
 static void replay_one(struct replay *R, const struct proto_request *q)
 {
 	const char *tsv = NULL;
@@ -226,6 +304,8 @@ static void replay_one(struct replay *R, const struct proto_request *q)
 		return;
 	}
 	int64_t now = (int64_t)(ts * 1e6);
+	if (R->nd)
+		replay_feed_log(R, now);
 	if (now - R->last_tick >= 100000) {
 		R->store->be->tick(R->store, now);
 		R->last_tick = now;
@@ -250,9 +330,13 @@ static void replay_one(struct replay *R, const struct proto_request *q)
 		replay_txn_done(R, inst);
 }
 
-int replay_run(const char *path, const char *dns_fixture, const struct config *cfg, FILE *out)
+int replay_run(const char *path, const char *dns_fixture, const char *maillog,
+               const struct config *cfg, FILE *out)
 {
 	struct replay R;
+	struct classify_db *db = NULL;
+	char *pattern_names[NDR_MAX_LIST] = {NULL};
+	size_t npattern_names = 0;
 	char err[512];
 	FILE *in = strcmp(path, "-") ? fopen(path, "r") : stdin;
 	int rc = 0;
@@ -284,6 +368,28 @@ int replay_run(const char *path, const char *dns_fixture, const struct config *c
 		fprintf(stderr, "policyd: replay: %s\n", R.store ? "out of memory" : err);
 		rc = 1;
 		goto out;
+	}
+	if (maillog) {
+		const struct ndr_conf *nc = config_section_get(cfg, &ndr_config_section);
+		if (nc == NULL || !config_section_present(cfg, &ndr_config_section)) {
+			fprintf(stderr, "policyd: --maillog needs an [ndr] section (its patterns)\n");
+			rc = 1;
+			goto out;
+		}
+		if ((R.log = fopen(maillog, "r")) == NULL) {
+			fprintf(stderr, "policyd: --maillog %s: %s\n", maillog, strerror(errno));
+			rc = 1;
+			goto out;
+		}
+		db = ndr_load_patterns(nc, pattern_names, &npattern_names, err, sizeof(err));
+		struct ndr_actions act = {.outcome = replay_outcome};
+		if (db == NULL || (R.nd = ndr_new(nc, cfg, db, &act)) == NULL) {
+			fprintf(stderr, "policyd: --maillog: %s\n", db ? "out of memory" : err);
+			rc = 1;
+			goto out;
+		}
+		anomaly_outcomes_attach(R.store, cfg, NULL);
+		replay_next_line(&R);
 	}
 	anomaly_set_flag_fn(replay_flag);
 	anomaly_set_always_texts(true);
@@ -361,7 +467,28 @@ int replay_run(const char *path, const char *dns_fixture, const struct config *c
 	        R.requests, R.bad, secs, R.verdicts[ACT_DUNNO], R.verdicts[ACT_WARN],
 	        R.verdicts[ACT_HOLD], R.verdicts[ACT_DEFER], R.verdicts[ACT_REJECT], R.flags,
 	        R.txn_cleared ? "; transaction table restarted (no END-OF-MESSAGE?)" : "");
+	if (R.nd) {
+		const struct ndr_counters *nc = ndr_counters(R.nd);
+		fprintf(stderr,
+		        "policyd: replay: maillog: %llu lines (%llu without a UTC stamp), %llu "
+		        "outcomes attributed; profiles learned %llu outcomes (%llu without a "
+		        "profile, %llu dropped)\n",
+		        R.log_lines, R.log_bad_stamps, (unsigned long long)nc->attributed,
+		        anomaly_stats.outcomes_applied, anomaly_stats.outcomes_no_profile,
+		        anomaly_stats.outcomes_dropped);
+	}
 out:
+	if (R.nd) {
+		anomaly_outcomes_detach();
+		ndr_free(R.nd);
+	}
+	if (db)
+		classify_db_free(db);
+	for (size_t i = 0; i < npattern_names; i++)
+		free(pattern_names[i]);
+	if (R.log)
+		fclose(R.log);
+	free(R.line);
 	anomaly_set_flag_fn(NULL);
 	anomaly_set_always_texts(false);
 	for (size_t i = 0; R.txn && i < REPLAY_TXN_SLOTS; i++)

@@ -8,13 +8,16 @@
 #
 # usage: tests/bench/eval_anomaly.sh [--build DIR] [--accounts N] [--days D]
 #            [--compromises K] [--seed S] [--keep DIR] [--config FILE]
-#            [--reuse DIR]
+#            [--reuse DIR] [--maillog]
 #
 # Needs python3 (standard library only) and a built policyd (default
 # BUILD=build-anom at the top of the tree).  Nothing is left behind unless
 # --keep DIR is given (the requests, labels, fixture and replay output).
 # --reuse DIR replays the traffic kept in DIR by an earlier --keep run
-# (tuning: the same month, scored again).
+# (tuning: the same month, scored again).  --maillog: gen_traffic.py also
+# writes Postfix's log of the month (its bounce model) and the replay feeds
+# it through an [ndr] section (data/ndr-patterns.conf), so that bounces
+# reach the profiles; the requests are the same as without it.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -27,6 +30,7 @@ seed=1
 keep=
 reuse=
 config=$top/contrib/postfix/policyd.conf
+maillog=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--build) build=$2; shift 2 ;;
@@ -37,7 +41,8 @@ while [ $# -gt 0 ]; do
 	--keep) keep=$2; shift 2 ;;
 	--reuse) reuse=$2; shift 2 ;;
 	--config) config=$2; shift 2 ;;
-	-h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+	--maillog) maillog=1; shift ;;
+	-h|--help) sed -n '2,21p' "$0"; exit 0 ;;
 	*) echo "eval_anomaly: unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -60,8 +65,16 @@ fi
 # example as it stands (limits are left out: this measures the score alone).
 {
 	printf '[server]\nlisten = inet:127.0.0.1:10031\nstate_dir =\nlog = stderr\nhooks = rcpt\n\n'
+	[ -z "$maillog" ] || printf '[ndr]\npatterns = %s\nlocal_domains = local.test\nqueue_check_interval = 0\n\n' \
+		"$top/data/ndr-patterns.conf"
 	awk '/^\[/ { p = ($0 == "[anomaly]") } p' "$config"
 } > "$dir/eval.conf"
+logopt=
+if [ -n "$maillog" ]; then
+	[ -z "$reuse" ] || [ -s "$dir/maillog.txt" ] ||
+		{ echo "eval_anomaly: no $dir/maillog.txt (kept without --maillog)" >&2; exit 1; }
+	logopt="--maillog $dir/maillog.txt"
+fi
 grep -q '^\[anomaly\]' "$dir/eval.conf" || { echo "eval_anomaly: no [anomaly] in $config" >&2; exit 1; }
 asn_zone=$(awk -F' *= *' '/^asn_zone *=/ { print $2 }' "$dir/eval.conf")
 dnsbl_zone=$(awk -F' *= *' '/^dnsbl *=/ { split($2, a, "[=, ]"); print a[1] }' "$dir/eval.conf")
@@ -71,9 +84,9 @@ t0=$(date +%s)
 	--compromises "$compromises" --seed "$seed" \
 	--asn-zone "${asn_zone:-origin.asn.cymru.com}" --dnsbl-zone "${dnsbl_zone:-zen.spamhaus.org}" \
 	--fixture "$dir/fixture.txt" --labels "$dir/labels.tsv" --accounts-json "$dir/accounts.json" \
-	--requests "$dir/requests.txt" 2> "$dir/gen.log"
+	--requests "$dir/requests.txt" $logopt 2> "$dir/gen.log"
 t1=$(date +%s)
-"$policyd" --replay "$dir/requests.txt" --dns-fixture "$dir/fixture.txt" -c "$dir/eval.conf" \
+"$policyd" --replay "$dir/requests.txt" --dns-fixture "$dir/fixture.txt" $logopt -c "$dir/eval.conf" \
 	> "$dir/replay.jsonl" 2> "$dir/replay.log"
 t2=$(date +%s)
 
@@ -93,6 +106,7 @@ attack_msgs = collections.defaultdict(list)   # compromise -> [(t, msgno)]
 holds = collections.Counter()                 # normal requests held / warned / deferred
 normal_req = 0
 hold_accounts = set()
+bounce_comp = set()    # accounts whose own requests had a bounce component
 n = 0
 with open(d + "/replay.jsonl") as rp, open(d + "/labels.tsv") as lb:
     for line, lab in zip(rp, lb):
@@ -109,6 +123,8 @@ with open(d + "/replay.jsonl") as rp, open(d + "/labels.tsv") as lb:
                 holds["warn" if s < 70 else "hold" if s < 95 else "defer"] += 1
                 if s >= 70:
                     hold_accounts.add(acc)
+        if cid < 0 and any(c.startswith("bounce ratio") for c in (r.get("components") or [])):
+            bounce_comp.add(acc)
         if r.get("flagged"):
             flags.append((acc, t, r.get("components"), r.get("score"), cid))
             first_flag.setdefault(acc, (t, r.get("components"), r.get("score"), cid))
@@ -147,10 +163,11 @@ def pct(a, b):
     return "%.1f %%" % (100.0 * a / b) if b else "n/a"
 
 print("### Anomaly score evaluation (seed %s)\n" % seed)
+summary = [l for l in replay_log if "maillog" not in l]
 print("Traffic: %d accounts, %d days, %d requests (RCPT), %d injected compromises of "
       "%d attacker messages each; generated in %s s, replayed in %s s (`%s`)." %
       (len(accs), meta["days"], n, K, max((c["sent"] for c in comps.values()), default=0),
-       tgen, trep, replay_log[-1] if replay_log else ""))
+       tgen, trep, summary[-1] if summary else ""))
 print()
 print("| measure | value |")
 print("|---|---|")
@@ -163,6 +180,9 @@ print("| normal requests at warn / hold / defer score | %d / %d / %d of %d (%s /
       (holds["warn"], holds["hold"], holds["defer"], normal_req, pct(holds["warn"], normal_req),
        pct(holds["hold"], normal_req), pct(holds["defer"], normal_req)))
 print("| normal accounts with at least one hold-level request | %d / %d = %s |" % (len(hold_accounts - compromised), len(normal), pct(len(hold_accounts - compromised), len(normal))))
+if any("maillog" in l for l in replay_log):
+    print("| never-compromised accounts with a bounce component | %d / %d |" % (len(bounce_comp - compromised), len(normal)))
+    print("| replay's log | %s |" % [l for l in replay_log if "maillog" in l][-1].replace("policyd: replay: ", ""))
 print()
 by_kind = collections.defaultdict(list)
 for (c, u, f) in results:

@@ -13,6 +13,16 @@ Writes, deterministically from --seed:
   LABELS    one line per request, tab-separated: account id, compromise id
             (-1 = the owner's own mail), attacker message number.
   ACCOUNTS  JSON: every account (type, overlays, networks) and every compromise.
+  MAILLOG   (--maillog, optional) Postfix's log of the same month: for each
+            message the submission smtpd's client= line with the login, one
+            smtp delivery line per recipient 1-20 s later (status=sent, or
+            status=bounced 550 5.1.1 user unknown) and qmgr's removed; in time
+            order, RFC 3339 UTC stamps (policyd --replay --maillog).  Bounce
+            model (an assumption, not a measurement): the owner's mail to a
+            known contact bounces 0.3 %, to a new address 3 % (typos, stale
+            addresses); an attacker's mail to harvested addresses bounces
+            10-40 % (one rate per compromise), to the owner's contacts
+            (lateral) as the owner's.
 
 The world (all simulated, private address space 10.0.0.0/8 and private
 ASNs): home countries with broadband, mobile (CGNAT, shared and often
@@ -47,6 +57,7 @@ import json
 import math
 import random
 import sys
+import time
 
 DAY = 86400
 HOUR = 3600
@@ -489,13 +500,61 @@ class Gen:
             k += 1
 
     # ------------------------------------------------------------ output
-    def run(self, out, labels):
+    def log_message(self, loglines, t, acc, cid, ip, rcpts):
+        """Postfix's log lines of one message (see MAILLOG above)."""
+        r = self.logrnd
+        self.qid += 1
+        qid = "%011X" % self.qid
+        loglines.append((t + 0.5, "%s: client=mua[%s], sasl_method=PLAIN, sasl_username=%s"
+                         % (qid, ip, acc.login), "submission/smtpd[1000]"))
+        c = self.compromises[cid] if cid >= 0 else None
+        last = t + 0.5
+        for rc in rcpts:
+            if c is not None and not c["lateral"]:
+                p = c["bounce"]
+            else:
+                p = 0.003 if rc in acc.known else 0.03
+            d = t + r.uniform(1, 20)
+            last = max(last, d)
+            dom = rc.split("@")[1]
+            if r.random() < p:
+                st = ("dsn=5.1.1, status=bounced (host mx.%s[192.0.2.1] said: 550 5.1.1 <%s>: "
+                      "Recipient address rejected: User unknown (in reply to RCPT TO command))"
+                      % (dom, rc))
+            else:
+                st = "dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 1A2B3C)"
+            loglines.append((d, "%s: to=<%s>, relay=mx.%s[192.0.2.1]:25, delay=1, "
+                             "delays=0/0/0.5/0.5, %s" % (qid, rc, dom, st), "smtp[1001]"))
+            if c is None:
+                acc.known.add(rc)
+        loglines.append((last + 0.1, "%s: removed" % qid, "qmgr[1002]"))
+
+    def write_log(self, f, loglines):
+        loglines.sort(key=lambda x: x[0])
+        for (t, text, prog) in loglines:
+            ti = int(t)
+            f.write("%s.%06dZ mx1 postfix/%s: %s\n"
+                    % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ti)),
+                       int((t - ti) * 1e6), prog, text))
+
+    def run(self, out, labels, maillog=None):
         eom = self.a.eom
         nreq = 0
+        # the log has its own random stream: the requests are the same with
+        # or without it
+        self.logrnd = random.Random(self.a.seed * 7919 + 1)
+        self.qid = 0
+        for c in self.compromises:
+            c["bounce"] = self.logrnd.uniform(0.1, 0.4)
+        for acc in self.accounts:
+            acc.known = set(acc.contacts)
         for day in range(self.a.days):
+            loglines = []
             for (t, acc, cid, msgno, sender, ip, rcpts) in self.day_events(day):
                 if ip is None:
                     _, ip = self.where(acc, int(t))
+                if maillog is not None:
+                    self.log_message(loglines, t, acc, cid, ip, rcpts)
                 inst = self.instance()
                 login = acc.login
                 for i, rc in enumerate(rcpts):
@@ -514,6 +573,8 @@ class Gen:
                                  self.rnd.randint(2000, 90000), t + len(rcpts) * 0.01 + 0.5))
                     labels.write("%d\t%d\t%d\n" % (acc.id, cid, msgno))
                     nreq += 1
+            if maillog is not None:
+                self.write_log(maillog, loglines)
         return nreq
 
     def describe(self):
@@ -547,6 +608,7 @@ def main():
     p.add_argument("--fixture", required=True)
     p.add_argument("--labels", required=True)
     p.add_argument("--accounts-json", required=True)
+    p.add_argument("--maillog", help="write Postfix's log of the month too (bounces)")
     a = p.parse_args()
     if a.days < 11:
         p.error("--days: at least 11 (compromises start after day 7)")
@@ -554,8 +616,11 @@ def main():
     with open(a.fixture, "w") as f:
         g.world.write_fixture(f, a.asn_zone, a.dnsbl_zone)
     out = sys.stdout if a.requests == "-" else open(a.requests, "w")
+    ml = open(a.maillog, "w") if a.maillog else None
     with open(a.labels, "w") as lab:
-        n = g.run(out, lab)
+        n = g.run(out, lab, ml)
+    if ml:
+        ml.close()
     if out is not sys.stdout:
         out.close()
     else:

@@ -10,8 +10,10 @@
 # spike and its flag, the next message deferred, other accounts untouched,
 # inbound NDRs at the policy hook, mail submitted with sendmail (pickup)
 # counted per uid/sender and held by postsuper over its limit, the
-# queue-size watcher, `policyctl ndr --json`, and a restart that resumes
-# the log without counting a line twice.  TAP on stdout.
+# queue-size watcher, `policyctl ndr --json`, the bounces of a real log
+# reaching the account's anomaly profile (the bounce-ratio component of its
+# next recipient), and a restart that resumes the log without counting a
+# line twice.  TAP on stdout.
 #
 # Needs: root, POLICYD and POLICYCTL (meson sets them), POLICYD_SOURCE_ROOT
 # (for data/ndr-patterns.conf).
@@ -32,7 +34,7 @@ export POLICYD
 
 lab_skip_unless_possible
 lab_install_traps
-echo "1..17"
+echo "1..18"
 
 BLOCKED_TEXT="554 5.7.1 Service unavailable; Client host [127.0.0.1] blocked using zen.spamhaus.org; https://www.spamhaus.org/query/ip/127.0.0.1"
 lab_configure_hook() {
@@ -75,6 +77,10 @@ spike_action = flag
 pickup_limit = 2/1h
 pickup_action = hold
 save_interval = 1s
+
+[anomaly]
+# no DNS here; warn low enough that the bounce ratio alone is logged
+warn = 30
 EOF
 
 MUA=198.51.100.7
@@ -183,7 +189,29 @@ else
 	tap_not_ok "alice still sends, no spike" "$OUT" "alice: $got"
 fi
 
-# 12. an inbound NDR (null sender to a local user) is counted at the policy hook
+# 12. trudy mails a harvested list: 24 unknown users of 30; the outcomes
+# reach her anomaly profile, and her next recipient is scored with it
+RCPTS=""
+for i in $(seq 1 24); do RCPTS+="t$i@bounce.test,"; done
+for i in 1 2 3 4 5 6; do RCPTS+="h$i@ok.test,"; done
+OUT=$(lab_send trudy $MUA trudy@example.org "${RCPTS%,}")
+QT=$(lab_queue_id "$OUT")
+lab_wait_log_count "]: ${QT:-NOQID}: to=<[^>]*>,.* status=(sent|bounced) " 30 20 >/dev/null
+comp=""
+for _ in 1 2 3 4 5; do # the profile learns outcomes within a second
+	sleep 1
+	lab_send trudy $MUA trudy@example.org next@ok.test >/dev/null
+	comp=$(grep -E 'event=anomaly principal=trudy .*bounce ratio' "$LAB/policyd.log" | tail -n 1)
+	[[ -n $comp ]] && break
+done
+re='bounce ratio ([0-9]+)% \(usual ([0-9]+)(\.[0-9])?%\) over ([0-9]+) recipients'
+if [[ $comp =~ $re ]] && ((BASH_REMATCH[1] >= 50 && BASH_REMATCH[2] <= 10 && BASH_REMATCH[4] >= 20)); then
+	tap_ok "trudy's bounces from the maillog reach her profile: ${BASH_REMATCH[0]}"
+else
+	tap_not_ok "trudy's bounces reach her anomaly profile" "got: $comp" "$(grep -E 'trudy' "$LAB/policyd.log" | tail -n 5)"
+fi
+
+# 13. an inbound NDR (null sender to a local user) is counted at the policy hook
 OUT=$(lab_send "" 203.0.113.50 '<>' victim@local.test)
 got=$(ctl ndr --json | jget 'join ",", map { "$_->{user}=$_->{total}" } @{$j->{inbound}}')
 if [[ $got == *victim@local.test=1* ]]; then
@@ -192,7 +220,7 @@ else
 	tap_not_ok "inbound NDR counted" "got: $got" "$OUT"
 fi
 
-# 13-14. sendmail (pickup): counted per uid/sender; the third over pickup_limit 2/1h is held
+# 14-15. sendmail (pickup): counted per uid/sender; the third over pickup_limit 2/1h is held
 QIDS=()
 lab_log_mark
 for i in 1 2 3; do
@@ -220,7 +248,7 @@ else
 	tap_not_ok "locally submitted mail is counted per sender" "got: $got"
 fi
 
-# 15. the queue-size watcher sees the deferred and held mail
+# 16. the queue-size watcher sees the deferred and held mail
 got=""
 for _ in $(seq 1 30); do # the watcher looks every second
 	got=$(ctl ndr --json | jget '"$j->{queue}{deferred} $j->{queue}{hold}"')
@@ -233,7 +261,7 @@ else
 	tap_not_ok "queue watcher counts the queues" "got: '$got'"
 fi
 
-# 16-17. a restart resumes the log from the saved position: nothing twice
+# 17-18. a restart resumes the log from the saved position: nothing twice
 before=$(ctl ndr --json | jget '$j->{global}{n} . " " . p("mallory")->{bounced}')
 lines_before=$(wc -l <"$LAB_MAILLOG")
 if policyd_stop && policyd_start "$CONF"; then

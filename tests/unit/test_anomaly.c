@@ -4,8 +4,10 @@
  * start, a learned account against a hijack (components, verdict parts,
  * dry run, the flag and its evidence), sender forgery, an exploit-listed
  * client, what a refused request teaches, a corrupt stored profile, the
- * size of the stored profile, and the scoring rules themselves (volume
- * from a new network, two places at once, sustained evidence).
+ * size of the stored profile, the scoring rules themselves (volume from
+ * a new network, two places at once, sustained evidence, the bounce
+ * ratio), bounces from real log lines (the NDR tracker) reaching the
+ * stored profile, and the same through policyd --replay --maillog.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cache/store.h"
@@ -24,7 +27,9 @@
 #include "policyd/config.h"
 #include "policyd/dns.h"
 #include "policyd/flag.h"
+#include "policyd/ndr.h"
 #include "policyd/pipeline.h"
+#include "policyd/replay.h"
 
 #define DAY  86400LL
 #define HOUR 3600LL
@@ -501,6 +506,314 @@ static void test_score_context(void **state)
 	anomaly_score(&c, &in, &r);
 	assert_int_equal(r.families, 0);
 	assert_false(r.flag);
+
+	/* a new country while the settled network was used a minute ago ... */
+	f.cc_known = false;
+	f.other_idle_s = 60;
+	f.home_nov = 0.3;
+	f.home_nov_n = 20;
+	f.home_nov_bits = 0;
+	anomaly_score(&c, &in, &r);
+	anomaly_components_text(&r, "; ", text, sizeof(text));
+	assert_non_null(strstr(text, "the usual network was used 1 min ago"));
+	/* ... is one user on two networks (a VPN toggled) when the settled
+	 * network sends the same unusual recipients at the time */
+	f.home_nov = 0.95;
+	f.home_nov_bits = profile_kl_bits(0.95, f.nov_base > 0 ? f.nov_base : 0.3, 20);
+	anomaly_score(&c, &in, &r);
+	anomaly_components_text(&r, "; ", text, sizeof(text));
+	assert_null(strstr(text, "the usual network was used"));
+}
+
+/* The bounce component: minimum counts, the threshold (5 % and twice the
+ * usual ratio), its text, and that it is evidence about what is sent. */
+static void test_score_bounce(void **state)
+{
+	(void)state;
+	struct anomaly_conf c;
+	anomaly_section.defaults(&c);
+	struct profile_features f;
+	struct anomaly_result r;
+	char text[600];
+	memset(&f, 0, sizeof(f));
+	f.maturity = 1;
+	f.hour_share = -1;
+	/* 15 of the last 40 recipients bounced, usually 2 % */
+	f.bounce_recent = 15.0 / 40;
+	f.bounce_n = 40;
+	f.bounce_usual = 0.02;
+	f.bounce_lb = profile_wilson_lb(15, 40, 1.96);
+	f.bounce_bits = profile_kl_bits(f.bounce_recent, f.bounce_usual, f.bounce_n);
+	assert_true(anomaly_bounce_points(&f) == 35);
+	struct anomaly_input in = {.f = &f,
+	                           .client = "203.0.113.9",
+	                           .network = "203.0.113.0/24",
+	                           .asn = 64500,
+	                           .cc = "NL",
+	                           .login = "a@example.org",
+	                           .sender = "a@example.org",
+	                           .since_s = 600};
+	anomaly_score(&c, &in, &r);
+	anomaly_components_text(&r, "; ", text, sizeof(text));
+	assert_string_equal(text, "bounce ratio 38% (usual 2%) over 40 recipients [+35]");
+	assert_int_equal(r.families, 1); /* evidence about what is sent, alone */
+	assert_false(r.flag);
+	/* with a login from a new country: two kinds of evidence */
+	f.net_any_settled = true;
+	anomaly_score(&c, &in, &r);
+	assert_int_equal(r.families, 2);
+	assert_true(r.score >= 60);
+	/* too few outcomes, or too few bounces: nothing */
+	f.bounce_n = 19;
+	assert_int_equal(anomaly_bounce_points(&f), 0);
+	f.bounce_n = 40;
+	f.bounce_recent = 4.0 / 40;
+	f.bounce_lb = profile_wilson_lb(4, 40, 1.96);
+	f.bounce_bits = profile_kl_bits(f.bounce_recent, 0.02, 40);
+	assert_int_equal(anomaly_bounce_points(&f), 0);
+	/* 25 % of 40 is news for an account at 2 %, not for one at 15 % */
+	f.bounce_recent = 0.25;
+	f.bounce_lb = profile_wilson_lb(10, 40, 1.96);
+	f.bounce_bits = profile_kl_bits(0.25, 0.02, 40);
+	assert_true(anomaly_bounce_points(&f) >= 10);
+	f.bounce_usual = 0.15;
+	f.bounce_bits = profile_kl_bits(0.25, 0.15, 40);
+	assert_int_equal(anomaly_bounce_points(&f), 0);
+}
+
+/* ---- bounces from the log (ndr.c) into the stored profile */
+
+static void to_profile(void *arg, const char *principal, enum ndr_kind kind, bool bounced,
+                       int64_t t_us)
+{
+	(void)arg;
+	(void)kind;
+	anomaly_note_outcome(principal, bounced, t_us);
+}
+
+static struct classify_db *load_patterns(void)
+{
+	const char *root = getenv("POLICYD_SOURCE_ROOT");
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/data/ndr-patterns.conf", root ? root : "..");
+	FILE *f = fopen(path, "rb");
+	if (f == NULL)
+		fail_msg("cannot read %s (set POLICYD_SOURCE_ROOT)", path);
+	static char buf[1 << 20];
+	size_t len = fread(buf, 1, sizeof(buf), f);
+	fclose(f);
+	struct classify_source src = {"ndr-patterns.conf", buf, len};
+	struct classify_diag d;
+	struct classify_db *db = classify_db_load(&src, 1, &d);
+	if (db == NULL)
+		fail_msg("patterns: line %zu: %s", d.line, d.msg);
+	return db;
+}
+
+static void logline(struct ndr *n, int64_t t, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void logline(struct ndr *n, int64_t t, const char *fmt, ...)
+{
+	char line[2048];
+	va_list ap;
+	int len = snprintf(line, sizeof(line), "2020-01-01T00:00:00Z out1 postfix/");
+	va_start(ap, fmt);
+	len += vsnprintf(line + len, sizeof(line) - (size_t)len, fmt, ap);
+	va_end(ap);
+	ndr_feed_line(n, line, (size_t)len, t * 1000000);
+}
+
+/* One message of login from the log: nrcpt recipients, the first nbad
+ * rejected as unknown users by the receiver. */
+static void logged_message(struct ndr *n, int64_t t, unsigned id, const char *login, unsigned nrcpt,
+                           unsigned nbad)
+{
+	char qid[16];
+	snprintf(qid, sizeof(qid), "%010X", 0xB0000000u + id);
+	logline(n, t,
+	        "submission/smtpd[4242]: %s: client=mua.example.net[198.51.100.7], "
+	        "sasl_method=PLAIN, sasl_username=%s",
+	        qid, login);
+	for (unsigned i = 0; i < nrcpt; i++) {
+		if (i < nbad)
+			logline(n, t + 1,
+			        "smtp[4243]: %s: to=<x%u.%u@example.net>, "
+			        "relay=mx.example.net[203.0.113.9]:25, delay=1.2, "
+			        "delays=0.1/0/0.5/0.6, dsn=5.1.1, status=bounced (host "
+			        "mx.example.net[203.0.113.9] said: 550 5.1.1 <x@example.net>: "
+			        "Recipient address rejected: User unknown (in reply to RCPT TO "
+			        "command))",
+			        qid, id, i);
+		else
+			logline(n, t + 1,
+			        "smtp[4243]: %s: to=<c%u@example.org>, "
+			        "relay=mx.example.org[203.0.113.10]:25, delay=1.2, "
+			        "delays=0.1/0/0.5/0.6, dsn=2.0.0, status=sent (250 2.0.0 Ok: "
+			        "queued as 4F1A2B3C4D)",
+			        qid, (id * 7 + i) % 20);
+	}
+	logline(n, t + 2, "qmgr[4244]: %s: removed", qid);
+}
+
+/* Real log lines, attributed by the NDR tracker, reach the account's
+ * stored profile: ordinary deliveries make no component, a run of
+ * unknown users does ("bounce ratio ... (usual 2%) over N recipients"),
+ * and outcomes of a principal without a profile are not stored. */
+static void test_outcomes_from_log(void **state)
+{
+	(void)state;
+	struct env *e = env_new("");
+	int64_t t = learn_month(e, "dave@example.org");
+	struct ndr_conf nc;
+	ndr_conf_defaults(&nc);
+	struct classify_db *db = load_patterns();
+	struct ndr_actions act = {.outcome = to_profile};
+	struct ndr *n = ndr_new(&nc, e->cfg, db, &act);
+	assert_non_null(n);
+	anomaly_outcomes_attach(e->store, e->cfg, NULL);
+
+	/* a week of ordinary mail: 60 recipients, one unknown */
+	unsigned long long applied = anomaly_stats.outcomes_applied;
+	for (unsigned m = 0; m < 30; m++)
+		logged_message(n, t + 3600 + m * 600, m, "dave@example.org", 2, m == 10);
+	anomaly_outcomes_flush();
+	assert_int_equal(anomaly_stats.outcomes_applied, applied + 60);
+	const struct anomaly_result *r =
+	    rcpt(e, t + 6 * HOUR, "dave@example.org", "dave@example.org", "colleague3@example.org",
+	         "198.51.100.7", "o1");
+	assert_false(has(r, "bounce ratio"));
+
+	/* then 30 recipients to a harvested list: 21 unknown users */
+	for (unsigned m = 0; m < 10; m++)
+		logged_message(n, t + 7 * HOUR + m * 60, 100 + m, "dave@example.org", 3,
+		               2 + (m & 1));
+	anomaly_outcomes_flush();
+	assert_int_equal(anomaly_stats.outcomes_applied, applied + 90);
+	r = rcpt(e, t + 8 * HOUR, "dave@example.org", "dave@example.org", "colleague4@example.org",
+	         "198.51.100.7", "o2");
+	assert_true(has(r, "bounce ratio "));
+	bool found = false;
+	for (size_t i = 0; i < r->n; i++)
+		if (r->c[i].kind == ANOMALY_K_BOUNCE) {
+			found = true;
+			assert_int_equal(r->c[i].family, ANOMALY_BOUNCE);
+			assert_true(r->c[i].points >= 30);
+			assert_true(r->c[i].a > 0.4);  /* recent */
+			assert_true(r->c[i].b < 0.08); /* usual: the run was not learned */
+			assert_true(r->c[i].c >= 20);  /* recipients in the recent window */
+		}
+	assert_true(found);
+
+	/* nobody scored "erin": her outcomes have no profile to go to */
+	unsigned long long none = anomaly_stats.outcomes_no_profile;
+	logged_message(n, t + 9 * HOUR, 500, "erin@example.org", 3, 1);
+	anomaly_outcomes_flush();
+	assert_int_equal(anomaly_stats.outcomes_no_profile, none + 3);
+
+	anomaly_outcomes_detach();
+	ndr_free(n);
+	classify_db_free(db);
+	ndr_config_section.free(&nc);
+	env_free(e);
+}
+
+/* policyd --replay --maillog: the log's bounces reach the profiles on the
+ * replay's virtual clock. */
+static void test_replay_maillog(void **state)
+{
+	(void)state;
+	char req[64] = "/tmp/policyd-test-replay-req-XXXXXX";
+	char log[64] = "/tmp/policyd-test-replay-log-XXXXXX";
+	char conf[64] = "/tmp/policyd-test-replay-conf-XXXXXX";
+	int fr = mkstemp(req), fl = mkstemp(log), fc = mkstemp(conf);
+	assert_true(fr >= 0 && fl >= 0 && fc >= 0);
+	FILE *r = fdopen(fr, "w"), *l = fdopen(fl, "w"), *c = fdopen(fc, "w");
+	const char *root = getenv("POLICYD_SOURCE_ROOT");
+	fprintf(c,
+	        "[server]\nstate_dir =\nlog = stderr\nhooks = rcpt\n\n[ndr]\n"
+	        "patterns = %s/data/ndr-patterns.conf\nlocal_domains = local.test\n"
+	        "queue_check_interval = 0\n\n[anomaly]\nwarn = 30\n",
+	        root ? root : "..");
+	fclose(c);
+	/* ten days of a few messages, then one message of 30 recipients of
+	 * which the log bounces 20, then one more request */
+	int64_t t = T0;
+	for (int d = 0; d < 10; d++)
+		for (int m = 0; m < 4; m++) {
+			t = T0 + d * DAY + 9 * HOUR + m * HOUR;
+			fprintf(
+			    r,
+			    "request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_method=PLAIN\n"
+			    "sasl_username=erin@example.org\nsender=erin@example.org\n"
+			    "recipient=c%d@example.org\nclient_address=198.51.100.7\n"
+			    "instance=i%d.%d\ntimestamp=%lld\n\n",
+			    m, d, m, (long long)t);
+		}
+	char stamp[32];
+	time_t ts = (time_t)(t + 60);
+	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", gmtime(&ts));
+	fprintf(l,
+	        "%s out1 postfix/submission/smtpd[1]: 0C0000000C: client=mua[198.51.100.7], "
+	        "sasl_method=PLAIN, sasl_username=erin@example.org\n",
+	        stamp);
+	for (int i = 0; i < 30; i++)
+		fprintf(l,
+		        "%s out1 postfix/smtp[2]: 0C0000000C: to=<x%d@example.net>, "
+		        "relay=mx.example.net[203.0.113.9]:25, delay=1, delays=0/0/0.5/0.5, %s\n",
+		        stamp, i,
+		        i < 20
+		            ? "dsn=5.1.1, status=bounced (host mx.example.net[203.0.113.9] said: "
+		              "550 5.1.1 <x@example.net>: Recipient address rejected: User "
+		              "unknown (in reply to RCPT TO command))"
+		            : "dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 4F1A2B3C4D)");
+	fprintf(l, "not a stamped line\n");
+	fclose(l);
+	fprintf(r,
+	        "request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_method=PLAIN\n"
+	        "sasl_username=erin@example.org\nsender=erin@example.org\n"
+	        "recipient=c1@example.org\nclient_address=198.51.100.7\ninstance=last\n"
+	        "timestamp=%lld\n\n",
+	        (long long)(t + 600));
+	fclose(r);
+
+	char err[512];
+	struct config *cfg = config_load(conf, err, sizeof(err));
+	if (cfg == NULL)
+		fail_msg("config: %s", err);
+	FILE *out = tmpfile();
+	assert_non_null(out);
+	unsigned long long applied = anomaly_stats.outcomes_applied;
+	assert_int_equal(replay_run(req, NULL, log, cfg, out), 0);
+	assert_int_equal(anomaly_stats.outcomes_applied, applied + 30);
+	/* the last line: the bounce ratio */
+	char line[4096], last[4096] = "";
+	rewind(out);
+	unsigned n = 0;
+	while (fgets(line, sizeof(line), out)) {
+		n++;
+		if (n < 41)
+			assert_null(strstr(line, "bounce ratio"));
+		memcpy(last, line, sizeof(last));
+	}
+	assert_int_equal(n, 41);
+	if (strstr(last, "\"bounce ratio 6") == NULL ||
+	    strstr(last, "\"verdict\":\"WARN\"") == NULL)
+		fail_msg("last request: %s", last);
+	fclose(out);
+	/* without an [ndr] section --maillog is refused */
+	config_free(cfg);
+	c = fopen(conf, "w");
+	fprintf(c, "[server]\nstate_dir =\nlog = stderr\nhooks = rcpt\n\n[anomaly]\n");
+	fclose(c);
+	cfg = config_load(conf, err, sizeof(err));
+	assert_non_null(cfg);
+	out = tmpfile();
+	assert_int_equal(replay_run(req, NULL, log, cfg, out), 1);
+	fclose(out);
+	config_free(cfg);
+	unlink(req);
+	unlink(log);
+	unlink(conf);
 }
 
 int main(void)
@@ -514,6 +827,9 @@ int main(void)
 	    cmocka_unit_test(test_bad_profile),
 	    cmocka_unit_test(test_score_rules),
 	    cmocka_unit_test(test_score_context),
+	    cmocka_unit_test(test_score_bounce),
+	    cmocka_unit_test(test_outcomes_from_log),
+	    cmocka_unit_test(test_replay_maillog),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,8 +5,9 @@
  * forwarding, content-filter hand-off, requeue), deferrals counted once
  * and expiries, the bound on queue ids, small samples that are no spike,
  * spikes that start and end, baselines, receiver-side noise, blocklist
- * alerts, the pickup limit, inbound NDRs, bad input, the state file and
- * the JSON view.  Patterns: data/ndr-patterns.conf ($POLICYD_SOURCE_ROOT).
+ * alerts, the pickup limit, inbound NDRs, bad input, the state file, the
+ * JSON view, and the final outcomes reported for the anomaly profile.  Patterns:
+ * data/ndr-patterns.conf ($POLICYD_SOURCE_ROOT).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -36,6 +37,9 @@ struct rec {
 	int holds;
 	char last_hold[64];
 	int pickup_over;
+	int outcomes, outcomes_bounced; /* final outcomes for the anomaly profile */
+	char outcome_principal[256];
+	enum ndr_kind outcome_kind;
 };
 
 struct env {
@@ -85,6 +89,17 @@ static void on_pickup_over(void *arg, const char *key, const char *qid)
 	r->pickup_over++;
 }
 
+static void on_outcome(void *arg, const char *principal, enum ndr_kind kind, bool bounced,
+                       int64_t t_us)
+{
+	struct rec *r = arg;
+	r->outcomes++;
+	r->outcomes_bounced += bounced;
+	r->outcome_kind = kind;
+	snprintf(r->outcome_principal, sizeof(r->outcome_principal), "%s", principal);
+	assert_true(t_us > 0);
+}
+
 static struct classify_db *load_db(void)
 {
 	const char *root = getenv("POLICYD_SOURCE_ROOT");
@@ -106,7 +121,12 @@ static struct classify_db *load_db(void)
 
 static void env_tracker(struct env *e)
 {
-	struct ndr_actions act = {on_spike, on_blocklist, on_hold, on_pickup_over, &e->r};
+	struct ndr_actions act = {.spike = on_spike,
+	                          .blocklist = on_blocklist,
+	                          .hold = on_hold,
+	                          .pickup_over = on_pickup_over,
+	                          .outcome = on_outcome,
+	                          .arg = &e->r};
 	ndr_free(e->n);
 	e->n = ndr_new(&e->conf, e->cfg, e->db, &act);
 	assert_non_null(e->n);
@@ -246,6 +266,11 @@ static void test_attribution_sasl(void **state)
 	assert_int_equal(s.bad_perm, 1);
 	s = sums(e, "alice", true);
 	assert_int_equal(s.n, 2);
+	/* both are final outcomes for alice's profile, one a bounce */
+	assert_int_equal(e->r.outcomes, 2);
+	assert_int_equal(e->r.outcomes_bounced, 1);
+	assert_string_equal(e->r.outcome_principal, "alice");
+	assert_int_equal(e->r.outcome_kind, NDR_K_SASL);
 	const struct ndr_counters *c = ndr_counters(e->n);
 	assert_int_equal(c->attributed, 2);
 	assert_int_equal(c->by_class[CLASSIFY_USER_UNKNOWN], 1);
@@ -363,10 +388,17 @@ static void test_deferrals_once_and_expiry(void **state)
 	assert_int_equal(s.deferred, 2);
 	assert_int_equal(s.sent, 1);
 	assert_int_equal(s.bad_defer, 1); /* reputation indicts, greylisting does not */
+	/* the profile hears of final outcomes only: the delivery after the
+	 * greylisting, not the deferrals */
+	assert_int_equal(e->r.outcomes, 1);
+	assert_int_equal(e->r.outcomes_bounced, 0);
 	feedf(e, e->now, "qmgr",
 	      "3A0000003A: from=<erin@example.org>, status=expired, returned to sender");
 	s = sums(e, "erin", false);
 	assert_int_equal(s.expired, 1);
+	/* the expiry is a final failure that indicts (the reputation deferral) */
+	assert_int_equal(e->r.outcomes, 2);
+	assert_int_equal(e->r.outcomes_bounced, 1);
 	assert_int_equal(s.bad_perm, 1); /* the last deferral's class carries over */
 	assert_int_equal(s.n, 2);
 	assert_int_equal(ndr_counters(e->n)->expired_rcpts, 1);

@@ -1,8 +1,9 @@
 /*
  * tests/unit/test_profile.c - the profile maths of cache/profile.c: EWMA
  * mean and variance, decay, HyperLogLog error, the CLOCK recipient set,
- * KL and Wilson bounds, the wire format (round trip, size, corrupt input),
- * cold start, and a month of a quiet account against a burst.
+ * KL and Wilson bounds, the wire format (round trip, size, corrupt input,
+ * version 1), cold start, a month of a quiet account against a burst, and
+ * the bounce ratio (usual and recent).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -280,12 +281,100 @@ static void test_sender_and_net(void **state)
 	      &f);
 	assert_int_equal(f.snd_slot, -1);
 	assert_int_equal(f.snd_known, 1);
-	/* outcomes feed the bounce bound */
+	/* outcomes feed the recent bounce window */
 	for (int i = 0; i < 50; i++)
 		profile_note_outcome(&p, T0 + 44 * 7200, i % 5 == 0);
 	send1(&p, &pr, T0 + 44 * 7200, "x@example.org", 102, "me@example.net", 1000, 64501, "DE",
 	      &f);
-	assert_true(f.bounce_lb > 0.09 && f.bounce_lb < 0.13);
+	assert_true(f.bounce_recent > 0.15 && f.bounce_recent < 0.25);
+	assert_true(f.bounce_n > 25 && f.bounce_n < 40); /* ~40 (1 - e^(-50/40)) */
+	assert_true(f.bounce_lb > 0.07 && f.bounce_lb < 0.15);
+}
+
+/* The bounce ratio: the usual one is learned from ordinary outcomes (with
+ * a 2 % prior), a spike fills the recent window without becoming the
+ * usual, the recent window forgets with outcomes and with time. */
+static void test_bounce_ratio(void **state)
+{
+	(void)state;
+	static struct profile p;
+	struct profile_features f;
+	profile_init(&p, T0);
+	/* nothing yet: the prior */
+	profile_outcome_features(&p, T0, &f);
+	assert_true(fabs(f.bounce_usual - 0.02) < 1e-9);
+	assert_true(f.bounce_n == 0 && f.bounce_lb == 0 && f.bounce_bits == 0);
+	/* two weeks of 30 recipients a day, 1 in 50 bounced (2 %) */
+	uint32_t t = T0;
+	unsigned k = 0;
+	for (int d = 0; d < 14; d++)
+		for (int i = 0; i < 30; i++, k++) {
+			t = T0 + d * 86400 + 9 * 3600 + i * 600;
+			profile_note_outcome(&p, t, k % 50 == 0);
+		}
+	profile_outcome_features(&p, t, &f);
+	assert_true(f.bounce_usual > 0.012 && f.bounce_usual < 0.03);
+	assert_true(f.bounce_usual_n > 150);
+	assert_true(f.bounce_recent < 0.06);
+	assert_true(f.bounce_bits < 3);
+	/* a spam run: 40 recipients, 15 of them bounced (38 %) */
+	for (int i = 0; i < 40; i++)
+		profile_note_outcome(&p, t + 60 + i * 30, i % 8 < 3);
+	t += 60 + 40 * 30;
+	profile_outcome_features(&p, t, &f);
+	assert_true(f.bounce_recent > 0.25 && f.bounce_recent < 0.4);
+	assert_true(f.bounce_n > 30 && f.bounce_n < 40);
+	assert_true(f.bounce_lb > 0.12);
+	assert_true(f.bounce_bits > 15);
+	/* ... and the usual ratio did not learn most of it */
+	assert_true(f.bounce_usual < 0.04);
+	double usual = f.bounce_usual;
+	/* the recent window forgets with time (1-day time constant) */
+	profile_outcome_features(&p, t + 3 * 86400, &f);
+	assert_true(f.bounce_n < 2.5);
+	assert_true(f.bounce_bits < 5);
+	assert_true(fabs(f.bounce_usual - usual) < 0.01);
+	/* ... and with ordinary outcomes */
+	for (int i = 0; i < 200; i++)
+		profile_note_outcome(&p, t + 3600 + i * 60, false);
+	profile_outcome_features(&p, t + 3600 + 200 * 60, &f);
+	assert_true(f.bounce_recent < 0.01);
+	assert_true(f.bounce_bits == 0);
+	/* the wire keeps it */
+	static struct profile q;
+	uint8_t w[PROFILE_WIRE_SIZE];
+	assert_int_equal(profile_encode(&p, w, sizeof(w)), PROFILE_WIRE_SIZE);
+	assert_int_equal(profile_decode(&q, w, sizeof(w)), 0);
+	assert_true(q.ob_sk == p.ob_sk && q.ob_sn == p.ob_sn && q.out_sent == p.out_sent &&
+	            q.out_bounced == p.out_bounced);
+}
+
+/* A version 1 profile (808 bytes, no home novelty or recent bounce
+ * window) still decodes: the new fields start at zero. */
+static void test_wire_v1(void **state)
+{
+	(void)state;
+	static struct profile p, q;
+	uint8_t w[PROFILE_WIRE_SIZE];
+	profile_init(&p, T0);
+	p.n_rcpts = 77;
+	p.out_sent = 10;
+	p.out_bounced = 1;
+	p.hn_sk = 3;
+	p.hn_sn = 4;
+	p.ob_sk = 1;
+	p.ob_sn = 2;
+	assert_int_equal(profile_encode(&p, w, sizeof(w)), PROFILE_WIRE_SIZE);
+	w[0] = 1;
+	assert_int_equal(profile_decode(&q, w, PROFILE_V1_SIZE), 0);
+	assert_int_equal(q.version, PROFILE_VERSION);
+	assert_int_equal(q.n_rcpts, 77);
+	assert_true(q.out_sent == 10 && q.out_bounced == 1);
+	assert_true(q.hn_sk == 0 && q.hn_sn == 0 && q.ob_sk == 0 && q.ob_sn == 0);
+	/* a version 1 byte on a version 2 size, or the reverse, is refused */
+	assert_int_equal(profile_decode(&q, w, sizeof(w)), -1);
+	w[0] = PROFILE_VERSION;
+	assert_int_equal(profile_decode(&q, w, PROFILE_V1_SIZE), -1);
 }
 
 /* A new network abroad while the settled one is in use: its age, its
@@ -390,6 +479,8 @@ int main(void)
 	    cmocka_unit_test(test_sender_and_net),
 	    cmocka_unit_test(test_new_network_volume),
 	    cmocka_unit_test(test_wire_bad),
+	    cmocka_unit_test(test_bounce_ratio),
+	    cmocka_unit_test(test_wire_v1),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
