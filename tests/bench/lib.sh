@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154
 # tests/bench/lib.sh - shell helpers shared by the benchmark scripts (bash,
 # sourced by run.sh and peers.sh).
 #
@@ -113,12 +114,12 @@ listening() {
 # start_server NAME PORT CMD...: starts CMD in the background, waits until
 # it listens on PORT; sets server_pid.  Fails if it exits or never listens.
 start_server() {
-	local name=$1 port=$2 i
+	local name=$1 port=$2 _
 	shift 2
 	"$@" </dev/null >"$tmp/$name.out" 2>"$tmp/$name.err" &
 	server_pid=$!
 	pids+=("$server_pid")
-	for i in $(seq 1 100); do
+	for _ in $(seq 1 100); do
 		if ! kill -0 "$server_pid" 2>/dev/null; then
 			wait "$server_pid" 2>/dev/null || true
 			forget_pid "$server_pid"

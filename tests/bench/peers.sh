@@ -305,7 +305,6 @@ start_daemon() {
 n_big=1000000 # messages per hour per account in the measured runs
 n_small=3     # in the sanity runs
 prefork=68    # children of the pre-forking servers: 64 connections + 4 spare
-users_note=""
 declare -A conf_file cmd_line
 
 # Perl shim for postfwd2: see the comment inside.
@@ -584,7 +583,7 @@ sanity() {
 
 # ----------------------------------------------------------------- runs
 commands=()
-declare -A r_rps r_p50 r_p99 r_err r_cpu r_gcpu r_req r_mem r_redis r_keys
+declare -A r_rps r_p50 r_p99 r_err r_cpu r_req r_mem r_redis r_keys
 
 # run_load NAME ROOT CONNS: one loadgen run against 127.0.0.1:peer_port.
 run_load() {
@@ -613,7 +612,6 @@ run_load() {
 	r_p99[$name,$conns]=$(json p99_us "$out")
 	r_err[$name,$conns]=$(json errors "$out")
 	r_req[$name,$conns]=$(json requests "$out")
-	r_gcpu[$name,$conns]=$(json cpu_pct "$out")
 	# over the warm-up and the measured time, not the connection set-up
 	# (policyd-rate-limit's listen backlog of 5 makes that take seconds)
 	r_cpu[$name,$conns]=$(awk -v a="$c0" -v b="$c1" -v hz="$hz" -v w="$(json wall_s "$out")" \
@@ -743,7 +741,7 @@ printf '%s\n' "${commands[@]}" | sort -u
 echo '```'
 for name in $selected; do
 	f=${conf_file[$name]:-}
-	[ -n "$f" ] && [ -f "$f" ] || continue
+	if [ -z "$f" ] || [ ! -f "$f" ]; then continue; fi
 	echo
 	echo "$name: $(basename "$f") (measured run; the limit check used N=$n_small)"
 	echo '```'
