@@ -159,6 +159,9 @@ cleanup_extra() {
 	return 0
 }
 bench_traps
+# set -e stops the script on an unexpected failure: say where.
+set -E
+trap 'echo "$prog: unexpected failure (status $?) at line $LINENO; logs kept in $tmp" >&2; failed=1' ERR
 # The peers run as their own Debian users when we are root: the directories
 # they use must be reachable.
 chmod 711 "$tmp"
@@ -252,12 +255,13 @@ stop_tree() {
 	local p kids
 	kids=$(tree_pids "$1" | tail -n +2)
 	stop_pid "$1"
+	# (each may exit between the check and the signal)
 	for p in $kids; do
-		alive "$p" && kill -TERM "$p" 2>/dev/null
+		if alive "$p"; then kill -TERM "$p" 2>/dev/null || true; fi
 	done
 	sleep 0.2
 	for p in $kids; do
-		alive "$p" && kill -KILL "$p" 2>/dev/null
+		if alive "$p"; then kill -KILL "$p" 2>/dev/null || true; fi
 	done
 	return 0
 }
