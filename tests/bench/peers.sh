@@ -400,7 +400,9 @@ EOF
 				--user nobody --group nogroup --pidfile "$d/postfwd.pid"
 				--cache_proto unix --cache_port "$d/cache.sock"
 				--min_servers "$prefork" --max_spare_servers 80 --max_servers 100 --perfmon)
-			cmd_line[$name]="setpriv --reuid=nobody --regid=nogroup --clear-groups -- env PEERS_SYSLOG_FILE=syslog.log perl -T -w -ITMP/perl -MPeersSyslog /usr/sbin/postfwd2 ${args[*]}"
+			local shown="${args[*]}"
+			shown=${shown//$tmp/TMP}
+			cmd_line[$name]="setpriv --reuid=nobody --regid=nogroup --clear-groups -- env PEERS_SYSLOG_FILE=syslog.log perl -T -w -ITMP/perl -MPeersSyslog /usr/sbin/postfwd2 ${shown/--port $port/--port PORT}"
 			if start_daemon "$name-$phase" "$port" "$d/postfwd.pid" \
 				as_user nobody nogroup env PEERS_SYSLOG_FILE="$d/syslog.log" \
 				perl -T -w -I"$tmp/perl" -MPeersSyslog "$(command -v postfwd2)" "${args[@]}"; then
@@ -446,23 +448,8 @@ EOF
 			[ -n "$shm" ] || dbdir="$d/db"
 			own_dir "$d" mtpolicyd mtpolicyd
 			own_dir "$dbdir" mtpolicyd mtpolicyd
-			# The table Accounting would create, plus the (key, time) index
-			# its MySQL schema has and its SQLite one lacks, and WAL mode:
-			# without them every request scans the table, and readers
-			# wait for writers.
-			sqlite3 "$dbdir/acct.sqlite" >/dev/null <<'EOF'
-PRAGMA journal_mode = WAL;
-CREATE TABLE acct_sasl_username (
-	`id` INTEGER PRIMARY KEY AUTOINCREMENT,
-	`key` VARCHAR(255) NOT NULL,
-	`time` VARCHAR(255) NOT NULL,
-	`count` INT UNSIGNED NOT NULL,
-	`count_rcpt` INT UNSIGNED NOT NULL,
-	`size` INT UNSIGNED NOT NULL,
-	`size_rcpt` INT UNSIGNED NOT NULL
-);
-CREATE INDEX acct_sasl_username_key_time ON acct_sasl_username (`key`, `time`);
-EOF
+			# the table, its index and WAL mode: see mtpolicyd.sql
+			sqlite3 "$dbdir/acct.sqlite" >/dev/null <"$tmp/mtpolicyd.sql"
 			[ "$root" = 1 ] && chown mtpolicyd:mtpolicyd "$dbdir/acct.sqlite"
 			cat >"$d/mtpolicyd.conf" <<EOF
 # mtpolicyd: per-hour message quota per sasl_username (Accounting + Quota)
@@ -653,6 +640,22 @@ fi
 rcli() { redis-cli -h 127.0.0.1 -p "$redis_port" "$@"; }
 
 want postfwd && write_syslog_shim
+# mtpolicyd: the table its Accounting plugin would create (SQLite flavour),
+# plus the (key, time) index its MySQL flavour has, and WAL mode: without
+# them every request scans the table and readers wait for the writer.
+cat >"$tmp/mtpolicyd.sql" <<'EOF'
+PRAGMA journal_mode = WAL;
+CREATE TABLE acct_sasl_username (
+	`id` INTEGER PRIMARY KEY AUTOINCREMENT,
+	`key` VARCHAR(255) NOT NULL,
+	`time` VARCHAR(255) NOT NULL,
+	`count` INT UNSIGNED NOT NULL,
+	`count_rcpt` INT UNSIGNED NOT NULL,
+	`size` INT UNSIGNED NOT NULL,
+	`size_rcpt` INT UNSIGNED NOT NULL
+);
+CREATE INDEX acct_sasl_username_key_time ON acct_sasl_username (`key`, `time`);
+EOF
 
 for name in $selected; do
 	# sanity: small limit, fresh instance
@@ -740,7 +743,7 @@ sh_cmd="sh scripts/deps.sh --bench"
 [ -n "$redis_cmd" ] && echo "$redis_cmd"
 for name in $selected; do
 	[ -n "${cmd_line[$name]:-}" ] && echo "${cmd_line[$name]}"
-done
+done | awk '!seen[$0]++'
 printf '%s\n' "${commands[@]}" | sort -u
 echo '```'
 for name in $selected; do
@@ -752,11 +755,22 @@ for name in $selected; do
 	sed "s|$tmp|TMP|g; s|${shm:-/nonexistent}|SHM|g" "$f"
 	echo '```'
 done
+if want mtpolicyd; then
+	echo
+	echo "mtpolicyd: its SQLite database (SHM: a directory in /dev/shm), made before each start with"
+	echo "\`sqlite3 SHM/mtpolicyd-PHASE/acct.sqlite < mtpolicyd.sql\`:"
+	echo '```sql'
+	cat "$tmp/mtpolicyd.sql"
+	echo '```'
+fi
 if want postfwd; then
 	echo
-	echo "postfwd2 runs under perl -MPeersSyslog (TMP/perl/PeersSyslog.pm): this machine has no"
-	echo "syslog daemon, and postfwd2's daemons exit without one; the shim appends syslog"
-	echo "messages to a file instead (with --perfmon postfwd2 logs nothing per request)."
+	echo "postfwd2 runs under perl -MPeersSyslog: this machine has no syslog daemon, and"
+	echo "postfwd2's daemons exit without one; the shim appends syslog messages to a file"
+	echo "instead (with --perfmon postfwd2 logs nothing per request). TMP/perl/PeersSyslog.pm:"
+	echo '```perl'
+	cat "$tmp/perl/PeersSyslog.pm"
+	echo '```'
 fi
 if [ "$failed" != 0 ]; then
 	echo "peers.sh: some runs failed (see above)" >&2
