@@ -68,53 +68,13 @@ else
 fi
 
 # --------------------------------------------------------------- clean-up
-pids=()    # every process started here, stopped on exit
+prog=run.sh
+port_lo=21000
+port_hi=21999
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/policyd-bench.XXXXXX")
-failed=0
-
-# forget_pid PID: it has been reaped; never signal that number again (reuse).
-forget_pid() {
-	local p keep=()
-	for p in "${pids[@]}"; do
-		[ "$p" = "$1" ] || keep+=("$p")
-	done
-	pids=("${keep[@]}")
-}
-
-stop_pid() {
-	local pid=$1 i
-	if ! kill -0 "$pid" 2>/dev/null; then
-		wait "$pid" 2>/dev/null || true
-		forget_pid "$pid"
-		return 0
-	fi
-	kill -TERM "$pid" 2>/dev/null || true
-	for i in $(seq 1 50); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	if kill -0 "$pid" 2>/dev/null; then
-		echo "run.sh: pid $pid ignored SIGTERM for 5 s, sending SIGKILL" >&2
-		kill -KILL "$pid" 2>/dev/null || true
-	fi
-	wait "$pid" 2>/dev/null || true
-	forget_pid "$pid"
-}
-
-cleanup() {
-	local pid
-	for pid in "${pids[@]}"; do
-		stop_pid "$pid"
-	done
-	pids=()
-	if [ "$failed" = 0 ]; then
-		rm -rf "$tmp"
-	else
-		echo "run.sh: logs kept in $tmp" >&2
-	fi
-}
-trap cleanup EXIT
-trap 'failed=1; exit 130' INT TERM HUP
+# shellcheck source=tests/bench/lib.sh
+. "$here/lib.sh"
+bench_traps
 
 # ------------------------------------------------------------------ build
 if [ ! -f "$build/build.ninja" ]; then
@@ -132,63 +92,6 @@ ninja -C "$build" tests/bench/loadgen tests/bench/ceiling >"$tmp/ninja.log" 2>&1
 }
 loadgen="$build/tests/bench/loadgen"
 ceiling="$build/tests/bench/ceiling"
-
-# ------------------------------------------------------------------ ports
-port_in_use() {
-	[ -n "$(ss -Htan "( sport = :$1 )" 2>/dev/null)" ]
-}
-
-# Start the scan at a point that depends on our PID, so that two runs at
-# once rarely try the same port; start_server retries if one is taken.
-pick_port() {
-	local i p base=$((($$ + RANDOM) % 1000))
-	for i in $(seq 0 999); do
-		p=$((21000 + (base + i) % 1000))
-		if ! port_in_use "$p"; then
-			echo "$p"
-			return 0
-		fi
-	done
-	echo "run.sh: no free port in 127.0.0.1:21000-21999" >&2
-	return 1
-}
-
-# start_server NAME PORT CMD...: starts CMD in the background, waits until
-# it listens on PORT; sets server_pid.  Fails if it exits or never listens.
-start_server() {
-	local name=$1 port=$2 i
-	shift 2
-	"$@" </dev/null >"$tmp/$name.out" 2>"$tmp/$name.err" &
-	server_pid=$!
-	pids+=("$server_pid")
-	for i in $(seq 1 100); do
-		if ! kill -0 "$server_pid" 2>/dev/null; then
-			wait "$server_pid" 2>/dev/null || true
-			forget_pid "$server_pid"
-			echo "run.sh: $name exited at start:" >&2
-			tail -n 20 "$tmp/$name.err" >&2
-			return 1
-		fi
-		if [ -n "$(ss -Htln "( sport = :$port )" 2>/dev/null)" ]; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	echo "run.sh: $name does not listen on 127.0.0.1:$port after 10 s" >&2
-	tail -n 20 "$tmp/$name.err" >&2
-	return 1
-}
-
-# cpu_ticks PID: user+system CPU time of PID in clock ticks.
-cpu_ticks() {
-	awk '{ print $14 + $15 }' "/proc/$1/stat"
-}
-hz=$(getconf CLK_TCK)
-
-# json KEY FILE: a value of loadgen's flat JSON line.
-json() {
-	sed -n 's/.*"'"$1"'":\("[^"]*"\|[^,}]*\).*/\1/p' "$2" | tr -d '"'
-}
 
 # ----------------------------------------------------------------- runs
 commands=()
@@ -261,17 +164,6 @@ run_load() {
 	last_rps=$rps
 }
 
-# Is someone else using the CPU?  Figures from a busy machine mean little.
-busy_check() {
-	local a b
-	a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat)
-	sleep 1
-	b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat)
-	awk -v a="$a" -v b="$b" 'BEGIN {
-		split(a, x, " "); split(b, y, " ");
-		busy = y[1] - x[1]; idle = y[2] - x[2];
-		if (busy + idle > 0) printf "%.0f", 100 * busy / (busy + idle); else print 0 }'
-}
 busy=$(busy_check)
 if [ "$busy" -gt 10 ]; then
 	echo "run.sh: warning: the machine was ${busy}% busy before the runs; figures will be low and noisy" >&2
