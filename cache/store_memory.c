@@ -71,6 +71,7 @@
 #define SM_EMPTY_US      INT64_MIN
 #define SM_NONE          SIZE_MAX
 #define SM_MIN_CAP       64u
+#define SM_RULE_CACHE    8u /* rule names remembered by address */
 #define SM_MAX_CAP       ((size_t)1 << 31)
 #define SM_MAX_RULES     65535u
 #define SM_MAX_BLOCKS    255u
@@ -122,8 +123,9 @@ struct sm_rules {
 	/* the last names seen, by address: the callers pass the same strings
 	 * (the config's rule names) again and again; a hit is still checked
 	 * by content, so a reused address cannot give a wrong index */
-	const char *cptr[16];
-	uint16_t cidx[16];
+	const char *cptr[SM_RULE_CACHE];
+	uint16_t cidx[SM_RULE_CACHE];
+	unsigned cnext;
 };
 
 struct sm_store {
@@ -574,26 +576,23 @@ static int sm_rule_grow_map(struct sm_rules *R, const uint64_t key[2])
 	return 0;
 }
 
-static size_t sm_rule_cslot(const char *name)
-{
-	return (size_t)(((uint64_t)(uintptr_t)name * 0x9e3779b97f4a7c15ULL) >> 60);
-}
-
 /* The index cached for this address if it still names the same rule, or -1. */
 static int sm_rule_cached(const struct sm_rules *R, const char *name, size_t len)
 {
-	size_t c = sm_rule_cslot(name);
-	if (R->cptr[c] != name)
+	for (size_t c = 0; c < SM_RULE_CACHE; c++) {
+		if (R->cptr[c] != name)
+			continue;
+		size_t r = R->cidx[c];
+		if (r < R->n && R->len[r] == len && memcmp(R->name[r], name, len) == 0)
+			return (int)r;
 		return -1;
-	size_t r = R->cidx[c];
-	if (r < R->n && R->len[r] == len && memcmp(R->name[r], name, len) == 0)
-		return (int)r;
+	}
 	return -1;
 }
 
 static int sm_rule_remember(struct sm_rules *R, const char *name, size_t r)
 {
-	size_t c = sm_rule_cslot(name);
+	size_t c = R->cnext++ % SM_RULE_CACHE; /* round robin */
 	R->cptr[c] = name;
 	R->cidx[c] = (uint16_t)r;
 	return (int)r;
