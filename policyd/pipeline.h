@@ -50,7 +50,7 @@ struct pipeline_ctx {
 	/* normalised request values, computed once */
 	char sender[KEY_MAX];
 	char recipient[KEY_MAX];
-	char client[64];      /* canonical text; "" when not an address */
+	char client[64];         /* canonical text; "" when not an address */
 	struct key_ip client_ip; /* parsed, valid when client[0] */
 	/* the batch */
 	struct store_op ops[STORE_MAX_BATCH];

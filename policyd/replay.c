@@ -66,7 +66,7 @@ struct replay {
 	/* --maillog */
 	FILE *log;
 	struct ndr *nd;
-	char *line;    /* the next log line, not fed yet */
+	char *line; /* the next log line, not fed yet */
 	size_t linecap;
 	ssize_t linelen; /* -1: none (end of the log) */
 	int64_t line_us;
@@ -372,7 +372,8 @@ int replay_run(const char *path, const char *dns_fixture, const char *maillog,
 	if (maillog) {
 		const struct ndr_conf *nc = config_section_get(cfg, &ndr_config_section);
 		if (nc == NULL || !config_section_present(cfg, &ndr_config_section)) {
-			fprintf(stderr, "policyd: --maillog needs an [ndr] section (its patterns)\n");
+			fprintf(stderr,
+			        "policyd: --maillog needs an [ndr] section (its patterns)\n");
 			rc = 1;
 			goto out;
 		}
