@@ -23,32 +23,9 @@ for _ in range(200):
     try: s.bind(("127.0.0.1", p)); s.close(); print(p); break
     except OSError: pass')
 mkdir -p "$tmp/state"
-cat >"$tmp/p.conf" <<CONF
-[server]
-listen = inet:127.0.0.1:$port
-store = memory
-state_dir = $tmp/state
-log = stderr
-log_decisions = actions
-
-[limit per-account-recipients]
-key = sasl_username
-count = recipients
-rate = 1000000/1h, 10000000/1d
-action = defer
-
-[limit per-account-messages]
-key = sasl_username
-count = messages
-rate = 1000000/1h
-action = defer
-
-[limit per-client-network]
-key = client_network
-count = recipients
-rate = 1000000/1h
-action = hold
-CONF
+# shellcheck source=tests/bench/lib.sh
+. "$(dirname "$0")/lib.sh" # for bench_conf only
+bench_conf "$tmp/p.conf" "$port" memory "$tmp/state"
 valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.out" --collect-atstart=no \
 	--toggle-collect=conn_read_cb "$policyd" -c "$tmp/p.conf" 2>"$tmp/vg.err" &
 pid=$!

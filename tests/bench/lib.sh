@@ -160,3 +160,37 @@ busy_check() {
 		busy = y[1] - x[1]; idle = y[2] - x[2];
 		if (busy + idle > 0) printf "%.0f", 100 * busy / (busy + idle); else print 0 }'
 }
+
+# bench_conf FILE PORT STORE STATE_DIR [SERVER_LINE...]: the benchmarks'
+# policyd config: three rules large enough that every answer is DUNNO
+# (run.sh, run_redis.sh, callgrind.sh).  Extra [server] lines may follow.
+bench_conf() {
+	local file=$1 port=$2 store=$3 state=$4
+	shift 4
+	{
+		printf '[server]\nlisten = inet:127.0.0.1:%s\nstore = %s\nstate_dir = %s\n' \
+			"$port" "$store" "$state"
+		printf 'log = stderr\nlog_decisions = actions\n'
+		(($#)) && printf '%s\n' "$@"
+		cat <<'CONF'
+
+[limit per-account-recipients]
+key = sasl_username
+count = recipients
+rate = 1000000/1h, 10000000/1d
+action = defer
+
+[limit per-account-messages]
+key = sasl_username
+count = messages
+rate = 1000000/1h
+action = defer
+
+[limit per-client-network]
+key = client_network
+count = recipients
+rate = 1000000/1h
+action = hold
+CONF
+	} >"$file"
+}

@@ -199,32 +199,7 @@ if [ -n "$policyd" ]; then
 	tries=0
 	while :; do
 		pport=$(pick_port)
-		cat >"$tmp/policyd.conf" <<EOF
-[server]
-listen = inet:127.0.0.1:$pport
-store = memory
-state_dir = $tmp/state
-log = stderr
-log_decisions = actions
-
-[limit per-account-recipients]
-key = sasl_username
-count = recipients
-rate = 1000000/1h, 10000000/1d
-action = defer
-
-[limit per-account-messages]
-key = sasl_username
-count = messages
-rate = 1000000/1h
-action = defer
-
-[limit per-client-network]
-key = client_network
-count = recipients
-rate = 1000000/1h
-action = hold
-EOF
+		bench_conf "$tmp/policyd.conf" "$pport" memory "$tmp/state"
 		if start_server policyd "$pport" "$policyd" -c "$tmp/policyd.conf"; then
 			break
 		fi

@@ -21,6 +21,8 @@
 # loadgen and ceiling come from DIR (default: the build dir of policyd).
 # Every process it starts is stopped by PID on exit.
 set -euo pipefail
+# shellcheck source=tests/bench/lib.sh
+. "$(dirname "$0")/lib.sh" # for bench_conf (its own helpers below come after)
 
 usage() {
 	sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
@@ -225,34 +227,7 @@ run_load() {
 }
 
 write_conf() { # FILE PORT STORE
-	cat >"$1" <<EOF
-[server]
-listen = inet:127.0.0.1:$2
-store = $3
-redis_failure = closed
-redis_timeout = 200ms
-state_dir = $tmp/state
-log = stderr
-log_decisions = actions
-
-[limit per-account-recipients]
-key = sasl_username
-count = recipients
-rate = 1000000/1h, 10000000/1d
-action = defer
-
-[limit per-account-messages]
-key = sasl_username
-count = messages
-rate = 1000000/1h
-action = defer
-
-[limit per-client-network]
-key = client_network
-count = recipients
-rate = 1000000/1h
-action = hold
-EOF
+	bench_conf "$1" "$2" "$3" "$tmp/state" "redis_failure = closed" "redis_timeout = 200ms"
 }
 
 mkdir -p "$tmp/state"
