@@ -45,6 +45,11 @@
 #define STORE_MAX_KEY     512 /* bytes of rule + subject */
 #define STORE_MAX_BATCH   64  /* ops in one batch */
 
+/* how often the caller runs tick(): its work (the embedded store's sweep
+ * and journal writes) comes in small slices, so that no request waits
+ * behind a long one */
+#define STORE_TICK_MS 10
+
 enum store_op_kind {
 	STORE_TAKE = 0, /* take cost units if it conforms (see semantics) */
 	STORE_PEEK,     /* would cost units conform? never changes state */
@@ -164,7 +169,7 @@ struct store_memory_opts {
 /*
  * Open the embedded store: load snapshot + journal from state_dir (creating
  * the directory's files as needed).  Returns NULL with a message in err.
- * The caller calls tick() every ~100 ms from its loop.
+ * The caller calls tick() every STORE_TICK_MS from its loop.
  */
 struct store *store_memory_open(const struct store_memory_opts *o, int64_t now_us, char *err,
                                 size_t errsz);

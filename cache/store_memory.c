@@ -16,9 +16,9 @@
  * a keyed SipHash-1-3 of the subject (key from getrandom() per process),
  * so clients cannot choose colliding subjects.  Growth rehashes at once
  * (load 1/2 -> 1/4; at 3/4 the sweep's deletions left clusters of hundreds
- * of slots and a look-up took 5-30 probes); tick() sweeps 1/50 of the
- * slots per call, dropping
- * rule blocks whose windows are all empty, and halves a table below 1/8.
+ * of slots and a look-up took 5-30 probes); tick() (every STORE_TICK_MS)
+ * sweeps 1/500 of the slots per call, dropping rule blocks whose windows
+ * are all empty, and halves a table below 1/8.
  * A key is a (rule, subject) block; max_keys caps them, evicting by
  * sampling 5 slots and dropping the block that empties soonest.
  *
@@ -76,11 +76,11 @@
 #define SM_MAX_RULES     65535u
 #define SM_MAX_BLOCKS    255u
 #define SM_SAMPLES       5
-#define SM_SWEEP_DIV     50u
-#define SM_PREFETCH      16u /* slots ahead when scanning the table */
+#define SM_SWEEP_DIV     500u /* slots per tick: cap / this; a full pass every 5 s */
+#define SM_PREFETCH      16u  /* slots ahead when scanning the table */
 #define SM_JBUF_INIT     ((size_t)64 << 10)
 #define SM_JBUF_KEEP     ((size_t)1 << 20)  /* shrink the buffer back to this */
-#define SM_JBUF_WRITE    ((size_t)1 << 20)  /* tick() writes once this much is buffered */
+#define SM_JBUF_WRITE    ((size_t)64 << 10) /* tick() writes once this much is buffered */
 #define SM_JBUF_MAX      ((size_t)16 << 20) /* batch() writes past this; dropped if it fails */
 #define SM_SNAP_MIN      ((uint64_t)64 << 20)
 #define SM_MAX_JOURNALS  8u
@@ -1112,7 +1112,7 @@ static enum store_status sm_kv_apply(struct sm_store *s, const struct store_op *
 	return STORE_OK;
 }
 
-/* Drop expired blobs: 1/50 of the table per tick, like sm_sweep(). */
+/* Drop expired blobs: 1/500 of the table per tick, like sm_sweep(). */
 static void sm_bsweep(struct sm_store *s, int64_t now)
 {
 	if (s->bcap == 0)

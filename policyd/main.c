@@ -503,7 +503,7 @@ int main(int argc, char **argv)
 	ev_signal_start(loop, &a.sighup);
 	ev_signal_start(loop, &a.sigterm);
 	ev_signal_start(loop, &a.sigint);
-	ev_timer_init(&a.tick, on_tick, 0.1, 0.1);
+	ev_timer_init(&a.tick, on_tick, STORE_TICK_MS / 1000.0, STORE_TICK_MS / 1000.0);
 	a.tick.data = &a;
 	ev_timer_start(loop, &a.tick);
 

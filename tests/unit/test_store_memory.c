@@ -437,8 +437,8 @@ static void test_evict_empty(void **state)
 	}
 	assert_int_equal(stats(s).keys, 10000);
 	uint64_t bytes = stats(s).bytes;
-	/* 1/50 of the slots per tick, a deletion costs one more */
-	for (int t = 0; t < 100; t++)
+	/* 1/500 of the slots per tick, a deletion costs one more */
+	for (int t = 0; t < 1000; t++)
 		s->be->tick(s, T0 + 1000 + t);
 	struct store_stats st = stats(s);
 	assert_int_equal(st.keys, 5000);
@@ -448,7 +448,7 @@ static void test_evict_empty(void **state)
 		snprintf(subj, sizeof(subj), "user%d@example.org", i);
 		assert_int_equal(used1(s, "rcpt", subj, 10, HOUR, T0 + 2000), i % 2 ? 0 : 1);
 	}
-	for (int t = 0; t < 200; t++)
+	for (int t = 0; t < 2000; t++)
 		s->be->tick(s, T0 + 2 * HOUR + t);
 	st = stats(s);
 	assert_int_equal(st.keys, 0);
