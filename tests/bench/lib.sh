@@ -164,6 +164,7 @@ busy_check() {
 # bench_conf FILE PORT STORE STATE_DIR [SERVER_LINE...]: the benchmarks'
 # policyd config: three rules large enough that every answer is DUNNO
 # (run.sh, run_redis.sh, callgrind.sh).  Extra [server] lines may follow.
+# BENCH_RULES=1: only per-account-messages (the single rule of peers.sh).
 bench_conf() {
 	local file=$1 port=$2 store=$3 state=$4
 	shift 4
@@ -172,6 +173,11 @@ bench_conf() {
 			"$port" "$store" "$state"
 		printf 'log = stderr\nlog_decisions = actions\n'
 		(($#)) && printf '%s\n' "$@"
+		if [ "${BENCH_RULES:-3}" = 1 ]; then
+			printf '\n[limit per-account-messages]\nkey = sasl_username\ncount = messages\n'
+			printf 'rate = 1000000/1h\naction = defer\n'
+			return 0
+		fi
 		cat <<'CONF'
 
 [limit per-account-recipients]

@@ -4,6 +4,7 @@
 #
 #   tests/bench/run_redis.sh --policyd PATH [--build DIR] [--secs N]
 #                            [--repeat N] [--memory] [--unix] [--baseline PATH]
+#                            [--rules 1|3]
 #
 # Starts redis-server (no persistence) on a free loopback port in
 # 127.0.0.1:21000-21999, then per repeat: the ceiling, and policyd with
@@ -18,6 +19,8 @@
 # are counted apart) and the Redis time per EVALSHA.  --memory adds
 # policyd on the embedded store; --unix talks to Redis over a unix socket;
 # --baseline adds another policyd binary on the same Redis (before/after).
+# --rules 1 keeps only per-account-messages (peers.sh's single rule: one
+# Redis key per request instead of three).
 # loadgen and ceiling come from DIR (default: the build dir of policyd).
 # Every process it starts is stopped by PID on exit.
 set -euo pipefail
@@ -25,7 +28,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh" # for bench_conf (its own helpers below come after)
 
 usage() {
-	sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
 	exit "${1:-0}"
 }
 
@@ -45,6 +48,11 @@ while [ $# -gt 0 ]; do
 	--baseline) [ $# -ge 2 ] || usage 2; baseline=$2; shift ;;
 	--memory) memory=1 ;;
 	--unix) unix=1 ;;
+	--rules)
+		[ $# -ge 2 ] || usage 2
+		case "$2" in 1 | 3) BENCH_RULES=$2 ;; *) usage 2 ;; esac
+		shift
+		;;
 	-h | --help) usage 0 ;;
 	*) echo "run_redis.sh: unknown argument '$1'" >&2; usage 2 ;;
 	esac
@@ -276,7 +284,7 @@ for rep in $(seq 1 "$repeat"); do
 done
 
 echo
-echo "### policyd on the Redis store ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, $secs s per run, $(redis-server --version | awk '{ print $3 }'))"
+echo "### policyd on the Redis store ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, $secs s per run, $(redis-server --version | awk '{ print $3 }'), ${BENCH_RULES:-3} rule(s))"
 echo
 echo "Load before the runs: ${uptime_before#*load}"
 echo
