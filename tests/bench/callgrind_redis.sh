@@ -25,7 +25,7 @@ export BENCH_RULES=${5:-3}
 for tool in valgrind callgrind_annotate callgrind_control redis-server redis-cli ss; do
 	command -v "$tool" >/dev/null || { echo "callgrind_redis.sh: '$tool' is needed" >&2; exit 2; }
 done
-prog=callgrind_redis.sh
+prog=callgrind_redis.sh # read by lib.sh (messages)
 port_lo=21000
 port_hi=21999
 tmp=$(mktemp -d /tmp/policyd-cgr.XXXXXX)

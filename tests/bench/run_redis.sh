@@ -25,7 +25,7 @@
 # Every process it starts is stopped by PID on exit.
 set -euo pipefail
 # shellcheck source=tests/bench/lib.sh
-. "$(dirname "$0")/lib.sh" # for bench_conf (its own helpers below come after)
+. "$(dirname "$0")/lib.sh" # processes, ports, bench_conf
 
 usage() {
 	sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
@@ -76,79 +76,11 @@ for tool in redis-server redis-cli ss awk; do
 	command -v "$tool" >/dev/null || { echo "run_redis.sh: '$tool' is needed" >&2; exit 2; }
 done
 
-pids=()
+prog=run_redis.sh # read by lib.sh (messages)
+port_lo=21000
+port_hi=21999
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/policyd-bench-redis.XXXXXX")
-failed=0
-
-forget_pid() {
-	local p keep=()
-	for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
-	pids=("${keep[@]}")
-}
-
-stop_pid() {
-	local pid=$1 i
-	if kill -0 "$pid" 2>/dev/null; then
-		kill -TERM "$pid" 2>/dev/null || true
-		for i in $(seq 1 50); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-	fi
-	wait "$pid" 2>/dev/null || true
-	forget_pid "$pid"
-}
-
-cleanup() {
-	local pid
-	for pid in "${pids[@]}"; do stop_pid "$pid"; done
-	if [ "$failed" = 0 ]; then rm -rf "$tmp"; else echo "run_redis.sh: logs kept in $tmp" >&2; fi
-}
-trap cleanup EXIT
-trap 'failed=1; exit 130' INT TERM HUP
-
-USED=" "
-pick_port() {
-	local i p base=$((($$ + RANDOM) % 1000))
-	for i in $(seq 0 999); do
-		p=$((21000 + (base + i) % 1000))
-		case "$USED" in *" $p "*) continue ;; esac
-		if [ -z "$(ss -Htan "( sport = :$p )" 2>/dev/null)" ]; then
-			USED="$USED$p "
-			echo "$p"
-			return 0
-		fi
-	done
-	echo "run_redis.sh: no free port in 127.0.0.1:21000-21999" >&2
-	return 1
-}
-
-# start_server NAME PORT CMD...: background, wait until PORT listens; sets server_pid
-start_server() {
-	local name=$1 port=$2 i
-	shift 2
-	"$@" </dev/null >"$tmp/$name.out" 2>"$tmp/$name.err" &
-	server_pid=$!
-	pids+=("$server_pid")
-	for i in $(seq 1 100); do
-		if ! kill -0 "$server_pid" 2>/dev/null; then
-			wait "$server_pid" 2>/dev/null || true
-			forget_pid "$server_pid"
-			echo "run_redis.sh: $name exited at start:" >&2
-			tail -n 20 "$tmp/$name.err" >&2
-			return 1
-		fi
-		[ -n "$(ss -Htln "( sport = :$port )" 2>/dev/null)" ] && return 0
-		sleep 0.1
-	done
-	echo "run_redis.sh: $name does not listen on 127.0.0.1:$port" >&2
-	return 1
-}
-
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-hz=$(getconf CLK_TCK)
-json() { sed -n 's/.*"'"$1"'":\("[^"]*"\|[^,}]*\).*/\1/p' "$2" | tr -d '"'; }
+bench_traps # lib.sh: every process in pids is stopped by PID on exit
 
 # ------------------------------------------------------------------ redis
 rport=$(pick_port)
