@@ -47,8 +47,9 @@
 
 /* how often the caller runs tick(): its work (the embedded store's sweep
  * and journal writes) comes in small slices, so that no request waits
- * behind a long one */
-#define STORE_TICK_MS 10
+ * behind a long one; an idle caller may tick every STORE_IDLE_TICK_MS */
+#define STORE_TICK_MS      10
+#define STORE_IDLE_TICK_MS 100
 
 enum store_op_kind {
 	STORE_TAKE = 0, /* take cost units if it conforms (see semantics) */
@@ -169,7 +170,8 @@ struct store_memory_opts {
 /*
  * Open the embedded store: load snapshot + journal from state_dir (creating
  * the directory's files as needed).  Returns NULL with a message in err.
- * The caller calls tick() every STORE_TICK_MS from its loop.
+ * The caller calls tick() every STORE_TICK_MS from its loop (every
+ * STORE_IDLE_TICK_MS at most while no request comes).
  */
 struct store *store_memory_open(const struct store_memory_opts *o, int64_t now_us, char *err,
                                 size_t errsz);

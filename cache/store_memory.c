@@ -34,8 +34,9 @@
  * Persistence (journal.h has the format).  Each committed change appends
  * an absolute record to a memory buffer; tick() writes it to
  * journal.<gen> so that no record waits more than flush_ms (it expects
- * the next tick as far away as the last one), flush() writes and
- * fdatasync()s it.  When
+ * the next tick as far away as the last one, or STORE_IDLE_TICK_MS if
+ * that is more), flush() writes and fdatasync()s it; it also writes once
+ * SM_JBUF_WRITE bytes wait.  When
  * the journals outgrow max(64 MB, 4 x the snapshot) (or snapshot_bytes), a
  * forked child writes the table to snapshot.tmp, fsyncs it and renames it
  * to snapshot, while the parent continues in journal.<gen + 1>; tick()
@@ -1990,8 +1991,11 @@ static int sm_flush(struct store *pub)
 static void sm_tick(struct store *pub, int64_t now)
 {
 	struct sm_store *s = (struct sm_store *)pub;
-	/* the next tick is probably as far away as the last one */
+	/* the next tick is probably as far away as the last one, and at most
+	 * STORE_IDLE_TICK_MS (an idle caller slows down) */
 	int64_t gap = now > s->last_tick ? now - s->last_tick : 0;
+	if (gap < STORE_IDLE_TICK_MS * 1000)
+		gap = STORE_IDLE_TICK_MS * 1000;
 	s->last_tick = now;
 	s->now = now;
 	sm_reap(s, false);

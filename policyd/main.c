@@ -45,6 +45,7 @@ struct app {
 	struct store *store;
 	ev_signal sighup, sigterm, sigint;
 	ev_timer tick;
+	unsigned long long tick_requests; /* requests answered at the last tick */
 	struct store *fallback; /* the embedded store under a Redis store (redis_failure = local) */
 	struct module_ctx mctx;
 	size_t nstarted; /* modules started */
@@ -176,6 +177,14 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 		a->store->be->tick(a->store, now);
 	if (a->fallback)
 		a->fallback->be->tick(a->fallback, now);
+	/* short slices while requests come, 10 wake-ups a second when idle */
+	unsigned long long req = server_stats(a->srv)->requests;
+	double next = (req != a->tick_requests ? STORE_TICK_MS : STORE_IDLE_TICK_MS) / 1000.0;
+	a->tick_requests = req;
+	if (w->repeat != next) {
+		w->repeat = next;
+		ev_timer_again(loop, w);
+	}
 }
 
 static int detach(void)
