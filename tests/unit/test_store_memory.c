@@ -654,6 +654,43 @@ static void test_flush_interval(void **state)
 	remove_dir(dir);
 }
 
+/* Ticks in slices: a tick writes once 64 KB wait, long before flush_ms; and
+ * when the caller slows from STORE_TICK_MS to STORE_IDLE_TICK_MS, no record
+ * waits longer than flush_ms. */
+static void test_tick_slices(void **state)
+{
+	(void)state;
+	char *dir = make_dir();
+	struct store_memory_opts o = {.state_dir = dir, .flush_ms = 1000};
+	char err[256];
+	struct store *s = store_memory_open(&o, T0, err, sizeof(err));
+	assert_non_null(s);
+	long hdr = journal_size(dir);
+	char subj[32];
+	for (int i = 0; i < 3000; i++) { /* well over 64 KB of records */
+		snprintf(subj, sizeof(subj), "user%d@example.org", i);
+		take_n(s, "rcpt", subj, 1, T0);
+	}
+	s->be->tick(s, T0 + STORE_TICK_MS * 1000); /* writes: last write at +10 ms */
+	assert_true(journal_size(dir) > hdr + 60000);
+
+	/* one record just after that write, ticks every STORE_TICK_MS, then the
+	 * caller goes idle (STORE_IDLE_TICK_MS): the tick before must write */
+	int64_t made = T0 + 15000, t = T0 + STORE_TICK_MS * 1000, written = 0;
+	take_n(s, "rcpt", "kate", 1, made);
+	long before = journal_size(dir);
+	while (t < made + 3 * SEC) {
+		t += t < made + 950000 ? STORE_TICK_MS * 1000 : STORE_IDLE_TICK_MS * 1000;
+		s->be->tick(s, t);
+		if (!written && journal_size(dir) > before)
+			written = t;
+	}
+	assert_true(written > made);
+	assert_true(written <= made + SEC);
+	s->be->close(s);
+	remove_dir(dir);
+}
+
 static void test_corrupt(void **state)
 {
 	(void)state;
@@ -1377,15 +1414,25 @@ static void test_model(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_batch_take_peek),   cmocka_unit_test(test_batch_refused),
-	    cmocka_unit_test(test_batch_windows),     cmocka_unit_test(test_bad_ops),
-	    cmocka_unit_test(test_evict_empty),       cmocka_unit_test(test_max_keys),
-	    cmocka_unit_test(test_persist_roundtrip), cmocka_unit_test(test_crash),
-	    cmocka_unit_test(test_flush_interval),    cmocka_unit_test(test_corrupt),
-	    cmocka_unit_test(test_snapshot),          cmocka_unit_test(test_model),
-	    cmocka_unit_test(test_kv_basic),          cmocka_unit_test(test_kv_ttl),
-	    cmocka_unit_test(test_kv_persist),        cmocka_unit_test(test_kv_old_version),
-	    cmocka_unit_test(test_kv_list),           cmocka_unit_test(test_kv_batch_order),
+	    cmocka_unit_test(test_batch_take_peek),
+	    cmocka_unit_test(test_batch_refused),
+	    cmocka_unit_test(test_batch_windows),
+	    cmocka_unit_test(test_bad_ops),
+	    cmocka_unit_test(test_evict_empty),
+	    cmocka_unit_test(test_max_keys),
+	    cmocka_unit_test(test_persist_roundtrip),
+	    cmocka_unit_test(test_crash),
+	    cmocka_unit_test(test_flush_interval),
+	    cmocka_unit_test(test_tick_slices),
+	    cmocka_unit_test(test_corrupt),
+	    cmocka_unit_test(test_snapshot),
+	    cmocka_unit_test(test_model),
+	    cmocka_unit_test(test_kv_basic),
+	    cmocka_unit_test(test_kv_ttl),
+	    cmocka_unit_test(test_kv_persist),
+	    cmocka_unit_test(test_kv_old_version),
+	    cmocka_unit_test(test_kv_list),
+	    cmocka_unit_test(test_kv_batch_order),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
