@@ -661,10 +661,7 @@ static void test_tick_slices(void **state)
 {
 	(void)state;
 	char *dir = make_dir();
-	struct store_memory_opts o = {.state_dir = dir, .flush_ms = 1000};
-	char err[256];
-	struct store *s = store_memory_open(&o, T0, err, sizeof(err));
-	assert_non_null(s);
+	struct store *s = open_store(dir, 0, 0, T0); /* flush_ms: the default, 1000 */
 	long hdr = journal_size(dir);
 	char subj[32];
 	for (int i = 0; i < 3000; i++) { /* well over 64 KB of records */
