@@ -77,7 +77,7 @@
 #define SM_MAX_RULES     65535u
 #define SM_MAX_BLOCKS    255u
 #define SM_SAMPLES       5
-#define SM_SWEEP_DIV     500u /* slots per tick: cap / this; a full pass every 5 s */
+#define SM_SWEEP_DIV     500u /* slots per tick: cap / this; a full pass in 5 s (idle: 50 s) */
 #define SM_PREFETCH      16u  /* slots ahead when scanning the table */
 #define SM_JBUF_INIT     ((size_t)64 << 10)
 #define SM_JBUF_KEEP     ((size_t)1 << 20)  /* shrink the buffer back to this */

@@ -306,9 +306,9 @@ static void replay_one(struct replay *R, const struct proto_request *q)
 	int64_t now = (int64_t)(ts * 1e6);
 	if (R->nd)
 		replay_feed_log(R, now);
-	/* virtual time: a tick per 100 ms is plenty (ticks only free memory and
-	 * write the journal; a daemon ticks every STORE_TICK_MS to keep each short) */
-	if (now - R->last_tick >= 100000) {
+	/* virtual time: the idle rate is plenty (ticks only free memory and write
+	 * the journal; a busy daemon ticks every STORE_TICK_MS to keep each short) */
+	if (now - R->last_tick >= STORE_IDLE_TICK_MS * 1000) {
 		R->store->be->tick(R->store, now);
 		R->last_tick = now;
 	}
